@@ -1,0 +1,5 @@
+import sys
+
+from accumulus.cli import main
+
+sys.exit(main())
