@@ -1,0 +1,243 @@
+"""The golden model: runs a plan on numpy int64 and defines every bit (DESIGN.md).
+
+The only float step is the input quantizer (:func:`quantize_input`), done in float32
+exactly as qonnx executes a Quant node. Everything after is integer arithmetic; every
+intermediate tensor is returned, in stream order (docs/plan.md), with a leading batch
+axis. Every accumulator is checked against the width the plan declares for its PE.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from accumulus.errors import UserError
+
+from .plan import Plan
+from .types import IntType, signed_bits
+
+
+class AccumulatorOverflow(UserError):
+    """An accumulator left the width the plan declared for it."""
+
+
+# -- rounding -------------------------------------------------------------------------------
+def round_float(x: np.ndarray, mode: str = "ROUND") -> np.ndarray:
+    """qonnx's rounding modes on a float array (ROUND is half-to-even)."""
+    mode = mode.upper()
+    if mode == "ROUND":
+        return np.round(x)
+    if mode == "FLOOR":
+        return np.floor(x)
+    if mode == "CEIL":
+        return np.ceil(x)
+    if mode in ("ROUND_TO_ZERO", "DOWN"):
+        return np.trunc(x)
+    if mode == "UP":
+        return np.sign(x) * np.ceil(np.abs(x))
+    if mode == "HALF_UP":
+        return np.sign(x) * np.floor(np.abs(x) + 0.5)
+    if mode == "HALF_DOWN":
+        return np.sign(x) * np.ceil(np.abs(x) - 0.5)
+    raise UserError(f"unknown rounding_mode '{mode}' (expected ROUND, FLOOR, CEIL, ROUND_TO_ZERO, UP, HALF_UP, HALF_DOWN)")
+
+
+def rshift_round_half_even(v: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """``round_half_even(v / 2**shift)`` exactly, for integer arrays (object or int64)."""
+    v = np.asarray(v)
+    shift = np.broadcast_to(np.asarray(shift), v.shape)
+    out = np.empty(v.shape, dtype=v.dtype)
+    flat_v, flat_s, flat_o = v.reshape(-1), shift.reshape(-1), out.reshape(-1)
+    for i in range(flat_v.size):  # object ints: exact at any width
+        x, s = int(flat_v[i]), int(flat_s[i])
+        if s <= 0:
+            flat_o[i] = x << -s
+            continue
+        q = x >> s
+        r = x - (q << s)
+        half = 1 << (s - 1)
+        if r > half or (r == half and q & 1):
+            q += 1
+        flat_o[i] = q
+    return out
+
+
+def _rshift_vec(v: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Vectorised int64 ``round_half_even(v / 2**shift)`` for shift >= 0."""
+    shift = np.asarray(shift, dtype=np.int64)
+    s = np.maximum(shift, 1)
+    q = v >> shift
+    r = v - (q << shift)
+    half = np.where(shift > 0, np.int64(1) << (s - 1), np.int64(1) << 62)
+    up = (r > half) | ((r == half) & ((q & 1) == 1))
+    return q + up.astype(np.int64)
+
+
+# -- input ----------------------------------------------------------------------------------
+def quantize_input(plan: Plan, x: np.ndarray) -> np.ndarray:
+    """Float input in the ONNX layout -> integer codes in stream order (the one float step)."""
+    spec = plan.doc["input"]
+    itype = IntType.from_json(spec["type"])
+    want = tuple(spec.get("onnx_shape") or ())
+    x = np.asarray(x, dtype=np.float32)
+    if want and x.shape[1:] != tuple(want[1:]):
+        raise UserError(f"input has shape {x.shape}, the model expects (B, {', '.join(map(str, want[1:]))})")
+    scale = np.float32(spec["scale"])
+    zp = np.float32(spec["zero_point"])
+    q = round_float(x / scale + zp, spec.get("rounding_mode", "ROUND"))
+    q = np.clip(q, itype.min, itype.max).astype(np.int64)
+    return codes_to_stream(plan, q)
+
+
+def codes_to_stream(plan: Plan, codes: np.ndarray) -> np.ndarray:
+    """Integer codes in the ONNX layout (B, C, H, W) or (B, K) -> stream order (B, *shape)."""
+    shape = plan.tensor_shape(plan.input_name)
+    codes = np.asarray(codes, dtype=np.int64)
+    if codes.ndim == 4:  # NCHW -> NHWC
+        codes = codes.transpose(0, 2, 3, 1)
+    return codes.reshape((codes.shape[0],) + shape)
+
+
+# -- layers ---------------------------------------------------------------------------------
+def _im2col(x: np.ndarray, conv: dict) -> np.ndarray:
+    """(B, H, W, C) -> (B, OH, OW, kh, kw, C) windows, padded with the pad value."""
+    kh, kw = conv["kernel"]
+    sh, sw = conv["stride"]
+    dh, dw = conv.get("dilation", [1, 1])
+    top, left, bottom, right = conv["pads"]
+    oh, ow = conv["out_shape"][:2]
+    xp = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=conv["pad_value"])
+    b, c = x.shape[0], x.shape[3]
+    cols = np.empty((b, oh, ow, kh, kw, c), dtype=np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j, :] = xp[:, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw, :]
+    return cols
+
+
+def mac(plan: Plan, layer: dict, x: np.ndarray) -> np.ndarray:
+    """Accumulators of a matvec/conv layer, (B, N) or (B, OH, OW, N)."""
+    w = plan.array(layer["weight"]).astype(np.int64)
+    if layer["kind"] == "matvec":
+        return x.reshape(x.shape[0], -1) @ w.T
+    conv = layer["conv"]
+    cols = _im2col(x, conv)
+    groups = conv["groups"]
+    n = w.shape[0]
+    c_in = x.shape[3]
+    cg, ng = c_in // groups, n // groups
+    b, oh, ow = cols.shape[:3]
+    out = np.empty((b, oh, ow, n), dtype=np.int64)
+    for g in range(groups):
+        patch = cols[..., g * cg:(g + 1) * cg].reshape(b, oh, ow, -1)
+        out[..., g * ng:(g + 1) * ng] = patch @ w[g * ng:(g + 1) * ng].T
+    return out
+
+
+def check_accumulators(plan: Plan, layer: dict, acc: np.ndarray) -> None:
+    """Every accumulator inside its channel's exact range and its PE's declared width."""
+    fold = layer["folding"]
+    pe = fold["pe"]
+    order = np.asarray(fold["channel_order"])
+    width = np.empty(order.size, dtype=np.int64)
+    for p in range(pe):
+        width[order[p::pe]] = fold["pe_acc_bits"][p]
+    flat = acc.reshape(-1, acc.shape[-1])
+    lo, hi = flat.min(axis=0), flat.max(axis=0)
+    bound_lo, bound_hi = -(np.int64(1) << (width - 1)), (np.int64(1) << (width - 1)) - 1
+    bad = np.nonzero((lo < bound_lo) | (hi > bound_hi))[0]
+    if bad.size:
+        c = int(bad[0])
+        raise AccumulatorOverflow(
+            f"layer '{layer['name']}' channel {c}: accumulator reached [{lo[c]}, {hi[c]}] "
+            f"({signed_bits(lo[c], hi[c])} bits) but the plan declares {width[c]} bits"
+        )
+    rng = np.asarray(layer["acc"]["range"], dtype=np.int64)
+    bad = np.nonzero((lo < rng[:, 0]) | (hi > rng[:, 1]))[0]
+    if bad.size:
+        c = int(bad[0])
+        raise AccumulatorOverflow(
+            f"layer '{layer['name']}' channel {c}: accumulator [{lo[c]}, {hi[c]}] is outside the "
+            f"exact range [{rng[c, 0]}, {rng[c, 1]}] (the input left its type's range)"
+        )
+
+
+def requantize(plan: Plan, requant: dict, acc: np.ndarray) -> np.ndarray:
+    """Apply a Requant (docs/plan.md) along the channel (last) axis."""
+    if requant["kind"] == "thresholds":
+        t = plan.array(requant["thresholds"]).astype(np.int64)          # (N, T)
+        desc = plan.array(requant["descending"]).astype(bool)           # (N,)
+        a = acc[..., None]
+        count = np.where(desc[:, None], t >= a, t <= a).sum(axis=-1)
+        return requant["out_bias"] + requant["out_scale"] * count.astype(np.int64)
+    bias = plan.array(requant["bias"]).astype(np.int64)
+    mult = plan.array(requant["mult"]).astype(np.int64)
+    shift = plan.array(requant["shift"]).astype(np.int64)
+    prod_bound = (np.abs(acc).max(initial=0) + np.abs(bias).max(initial=0)) * np.abs(mult).max(initial=0)
+    if int(prod_bound) < (1 << 62) and shift.min(initial=0) >= 0:
+        y = _rshift_vec((acc + bias) * mult, shift)
+    else:  # exact wide arithmetic with Python ints
+        v = (acc.astype(object) + bias.astype(object)) * mult.astype(object)
+        y = rshift_round_half_even(v, np.broadcast_to(shift, acc.shape))
+    y = y + requant["zero_point"]
+    if requant["clip"]:
+        out = IntType.from_json(requant["out_type"])
+        y = np.clip(y, out.min, out.max)
+    return np.asarray(y).astype(np.int64)
+
+
+def _pool_windows(x: np.ndarray, layer: dict, pad_value: int) -> np.ndarray:
+    conv = {"kernel": layer["kernel"], "stride": layer["stride"], "pads": layer["pads"],
+            "out_shape": layer["out_shape"], "pad_value": pad_value}
+    return _im2col(x, conv)
+
+
+def run_layer(plan: Plan, layer: dict, env: dict[str, np.ndarray], check: bool = True) -> np.ndarray:
+    kind = layer["kind"]
+    x = env[layer["inputs"][0]]
+    if kind in ("matvec", "conv"):
+        itype = IntType.from_json(layer["input_type"])
+        if check and x.size and (x.min() < itype.min or x.max() > itype.max):
+            raise AccumulatorOverflow(f"layer '{layer['name']}': input codes leave {itype}")
+        acc = mac(plan, layer, x)
+        if check:
+            check_accumulators(plan, layer, acc)
+        env[layer["name"] + ".acc"] = acc
+        return acc if layer["requant"] is None else requantize(plan, layer["requant"], acc)
+    if kind == "requant":
+        return requantize(plan, layer["requant"], x)
+    if kind == "maxpool":
+        itype = plan.tensor_type(layer["inputs"][0])
+        return _pool_windows(x, layer, itype.min).max(axis=(3, 4))
+    if kind == "avgpool":
+        s = _pool_windows(x, layer, layer.get("pad_value", 0)).sum(axis=(3, 4))
+        env[layer["name"] + ".acc"] = s
+        return requantize(plan, layer["requant"], s)
+    if kind == "add":
+        b = env[layer["inputs"][1]]
+        (fa, fb) = layer["align"]
+        return (((x - fa["zero_point"]) * fa["mult"]) << fa["shift"]) + (((b - fb["zero_point"]) * fb["mult"]) << fb["shift"])
+    if kind == "argmax":
+        flat = x.reshape(x.shape[0], -1)
+        return np.argmax(flat, axis=1).astype(np.int64)[:, None]  # np.argmax: first maximum
+    raise UserError(f"golden model: unknown layer kind '{kind}' in layer '{layer['name']}'")
+
+
+def run(plan: Plan, codes: np.ndarray, check: bool = True) -> dict[str, np.ndarray]:
+    """Run the plan on input codes (stream order, (B, *shape)); every tensor by name.
+
+    Also holds ``<layer>.acc`` for every MAC and avgpool layer.
+    """
+    env: dict[str, np.ndarray] = {plan.input_name: np.asarray(codes, dtype=np.int64)}
+    for layer in plan.layers:
+        y = run_layer(plan, layer, env, check)
+        shape = plan.tensor_shape(layer["output"])
+        env[layer["output"]] = y.reshape((y.shape[0],) + shape)
+    return env
+
+
+def run_float(plan: Plan, x: np.ndarray, check: bool = True) -> dict[str, np.ndarray]:
+    """Quantize a float input (ONNX layout) and run the plan."""
+    return run(plan, quantize_input(plan, x), check)
+
+
+def output_codes(plan: Plan, env: dict[str, np.ndarray]) -> np.ndarray:
+    return env[plan.output_name]
