@@ -1,0 +1,179 @@
+"""The one module that configures Brevitas quantizers (STYLE.md: no injector magic elsewhere).
+
+Everything Brevitas-specific that :mod:`accumulus.quant.models` needs is built here:
+
+* :func:`input_quant_layer`: the graph input's quantizer with a *fixed* scale, so that
+  the hardware's input code is the raw pixel (TOOLCHAIN.md: ``scaling_impl_type = CONST``
+  and ``scaling_init`` is the largest value, not the scale);
+* :func:`act_quant_layer`: hidden activations, ReLU folded into an unsigned quantizer
+  with a learned per-tensor scale (``QuantReLU``), or an unsigned ``QuantIdentity``;
+* :func:`weight_quant_kwargs`: layer kwargs for weight quantization ``float`` (none),
+  ``int`` (per-channel QAT), ``a2q`` (``Int8AccumulatorAwareWeightQuant``) and ``a2q+``
+  (``Int8AccumulatorAwareZeroCenterWeightQuant``), with ``weight_bit_width`` and
+  ``weight_accumulator_bit_width``;
+* :func:`apply_ep_init`: Euclidean-projection init (A2Q+ paper). Without it a dense
+  default init rounds every weight to zero at low P and training is dead (TOOLCHAIN.md).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from brevitas.core.scaling import AccumulatorAwareParameterPreScaling, ScalingImplType
+from brevitas.nn import QuantIdentity, QuantReLU
+from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
+from brevitas.quant import Int8WeightPerChannelFloat, Uint8ActPerTensorFloat
+from brevitas.quant.scaled_int import (
+    Int8AccumulatorAwareWeightQuant,
+    Int8AccumulatorAwareZeroCenterWeightQuant,
+)
+
+from .data import InputQuant
+
+__all__ = [
+    "QUANT_MODES", "input_quant_layer", "act_quant_layer", "weight_quant_kwargs",
+    "project_l1_ball", "apply_ep_init", "is_a2q_layer",
+]
+
+QUANT_MODES = ("float", "int", "a2q", "a2q+")
+
+
+class _FixedScaleUintInput(Uint8ActPerTensorFloat):
+    """Unsigned input quantizer whose scale never trains (``scaling_init`` set per dataset)."""
+
+    scaling_impl_type = ScalingImplType.CONST
+
+
+class _IntWeight(Int8WeightPerChannelFloat):
+    """Per-channel, narrow-range signed weights (the same integer grid as the A2Q quantizers)."""
+
+
+class _A2QWeight(Int8AccumulatorAwareWeightQuant):
+    pass
+
+
+class _A2QPlusWeight(Int8AccumulatorAwareZeroCenterWeightQuant):
+    pass
+
+
+_WEIGHT_QUANT = {"int": _IntWeight, "a2q": _A2QWeight, "a2q+": _A2QPlusWeight}
+
+
+def input_quant_layer(iq: InputQuant) -> nn.Module:
+    """A ``QuantIdentity`` with constant scale ``iq.scale`` (codes == raw pixels)."""
+    if iq.signed:
+        raise ValueError("signed graph inputs are not supported by the fixed-scale input quantizer")
+    return QuantIdentity(
+        act_quant=_FixedScaleUintInput,
+        bit_width=iq.bits,
+        scaling_init=iq.max_value,
+        return_quant_tensor=True,
+    )
+
+
+def act_quant_layer(bits: int, relu: bool = True) -> nn.Module:
+    """Hidden activation quantizer: unsigned ``bits``-bit, learned per-tensor scale.
+
+    ``relu=True`` gives ``QuantReLU`` (the export folds ReLU into the unsigned Quant node);
+    ``relu=False`` gives an unsigned ``QuantIdentity`` for tensors that are non-negative
+    already (a residual sum of two ReLU outputs).
+    """
+    cls = QuantReLU if relu else QuantIdentity
+    return cls(act_quant=Uint8ActPerTensorFloat, bit_width=bits, return_quant_tensor=True)
+
+
+def weight_quant_kwargs(quant: str, weight_bits: int, acc_bits: int | None) -> dict:
+    """Keyword arguments of a ``QuantLinear``/``QuantConv2d`` for a weight quantization mode."""
+    if quant not in _WEIGHT_QUANT:
+        raise ValueError(f"weight quant mode must be one of {', '.join(_WEIGHT_QUANT)}, got {quant!r}")
+    kw = {"weight_quant": _WEIGHT_QUANT[quant], "weight_bit_width": weight_bits}
+    if quant in ("a2q", "a2q+"):
+        if acc_bits is None:
+            raise ValueError(f"quant={quant} needs acc_bits")
+        kw["weight_accumulator_bit_width"] = acc_bits
+    return kw
+
+
+def is_a2q_layer(module: nn.Module) -> bool:
+    return isinstance(module, QuantWeightBiasInputOutputLayer) and _pre_scaling(module) is not None
+
+
+def _pre_scaling(module: nn.Module):
+    for sub in module.modules():
+        if isinstance(sub, AccumulatorAwareParameterPreScaling):
+            return sub
+    return None
+
+
+def project_l1_ball(w: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """Euclidean projection of each row of ``w`` onto the L1 ball of its ``radius``.
+
+    Duchi et al., "Efficient Projections onto the l1-Ball" (2008): rows already inside
+    are unchanged; others become ``sign(w) * max(|w| - theta, 0)`` with ``theta`` chosen
+    so that the row's L1 norm equals its radius.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    radius = np.broadcast_to(np.asarray(radius, dtype=np.float64), (w.shape[0],))
+    out = w.copy()
+    for i, (row, z) in enumerate(zip(w, radius)):
+        if z <= 0:
+            raise ValueError(f"L1 radius must be > 0, got {z} for row {i}")
+        a = np.abs(row)
+        if a.sum() <= z:
+            continue
+        u = np.sort(a)[::-1]
+        css = np.cumsum(u)
+        k = np.arange(1, u.size + 1)
+        rho = np.nonzero(u * k > css - z)[0][-1]
+        theta = (css[rho] - z) / (rho + 1)
+        out[i] = np.sign(row) * np.maximum(a - theta, 0.0)
+    return out
+
+
+@torch.no_grad()
+def apply_ep_init(model: nn.Module, sample: torch.Tensor) -> int:
+    """Euclidean-projection init of every A2Q/A2Q+ layer; returns how many were projected.
+
+    One forward pass records each constrained layer's weights, post-scale ``s`` and L1
+    bound ``T`` (which depends on the layer's input width and sign); each output channel
+    is then projected onto the L1 ball of radius ``s * T`` and the learned norm ``g`` is
+    clamped to that radius, so that the first quantized weights already satisfy the bound
+    without rounding to zero.
+    """
+    records = {}
+    hooks = []
+    for name, mod in model.named_modules():
+        pre = _pre_scaling(mod) if isinstance(mod, QuantWeightBiasInputOutputLayer) else None
+        if pre is None:
+            continue
+
+        def hook(module, inputs, output, name=name):
+            weights, input_bit_width, input_is_signed = inputs
+            scales = module.scaling_impl(weights)
+            max_norm = module.calc_max_l1_norm(input_bit_width, input_is_signed)
+            records[name] = (scales.detach().reshape(-1), max_norm.detach())
+            restrict = module.restrict_clamp_scaling.restrict_value_impl
+            init = restrict.restrict_init_tensor(scales * max_norm)
+            module.value.data = torch.minimum(module.value.data, init.reshape(module.value.shape))
+            return output
+
+        hooks.append(pre.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(sample)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    for name, mod in model.named_modules():
+        if name not in records:
+            continue
+        scales, max_norm = records[name]
+        radius = (scales * max_norm).cpu().numpy().reshape(-1)
+        w = mod.weight.detach().cpu().numpy()
+        flat = w.reshape(w.shape[0], -1)
+        radius = np.broadcast_to(radius, (flat.shape[0],))
+        mod.weight.data = torch.tensor(project_l1_ball(flat, radius).reshape(w.shape), dtype=mod.weight.dtype)
+    return len(records)

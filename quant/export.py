@@ -1,0 +1,374 @@
+"""QONNX (and QCDQ) export with the integer weights the accumulator guarantee is about.
+
+Brevitas 0.12.1-0.13.4 ``export_qonnx`` writes the *float* weights of A2Q layers with a
+``ROUND`` Quant node, losing A2Q's pre-clip scaling and round-toward-zero, so the
+exported integers can break the L1 bound the layer was trained to (TOOLCHAIN.md). Here
+each weight Quant node's float initializer is overwritten with ``int * scale``, where
+``int`` and ``scale`` come from ``layer.quant_weight(quant_input=...)`` with the layer's
+real input QuantTensor; the Quant node then reproduces exactly those integers. After
+writing, the file is re-read and every quantized layer is checked: the integers the
+Quant math gives (round half to even of ``x/scale + zp``, clipped) equal
+``quant_weight()``'s, and the exact accumulator range of every constrained layer over
+its input code range fits the target ``P`` (``accumulus.compiler.accumulators``).
+
+Graph clean-ups, all value-preserving: weights are not graph inputs; a ``Relu`` whose only
+consumer is an unsigned Quant is removed (the Quant clips at zero, so the Relu is folded
+into it); the graph input is named ``input`` and the output ``logits``.
+
+The model-level ``metadata_props`` key ``accumulus`` holds JSON::
+
+    {"version", "dataset", "test_accuracy", "input": {"bits", "scale", "signed"},
+     "layers": {"<MatMul/Gemm/Conv node>": {"weight": "<initializer>", "weight_bits": M,
+                "input_bits": N, "input_signed": bool, "acc_bits": P | null,
+                "quant": "a2q+" | "a2q" | "int" | "float"}}}
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from accumulus import __version__
+from accumulus.compiler.accumulators import layer_widths
+from accumulus.compiler.types import IntType
+from accumulus.errors import UserError
+
+from .models import ModelConfig, quant_layers
+
+__all__ = ["LayerExport", "export_model", "quant_weights", "read_layers", "verify_onnx", "METADATA_KEY"]
+
+METADATA_KEY = "accumulus"
+_WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
+_PASS_THROUGH = ("Transpose", "Reshape", "Identity")
+
+
+@dataclass
+class LayerExport:
+    """What PyTorch says one layer's weights are (the reference the ONNX file must match)."""
+
+    module: str
+    quant: str
+    weight_int: np.ndarray | None     # (out, ...) integers, None for float layers
+    weight_scale: np.ndarray | None   # broadcastable to weight_int
+    weight_type: IntType | None
+    input_type: IntType | None
+    acc_bits: int | None
+
+
+def _layer_quant_mode(cfg: ModelConfig, index: int, module: nn.Module) -> str:
+    if cfg.quant == "float" or not hasattr(module, "quant_weight"):
+        return "float"
+    if cfg.quant in ("a2q", "a2q+") and (index > 0 or cfg.constrain_first):
+        return cfg.quant
+    return "int"
+
+
+@torch.no_grad()
+def quant_weights(model: nn.Module, cfg: ModelConfig, sample: torch.Tensor) -> list[LayerExport]:
+    """Each weight layer's integer weights, scale, weight/input types and target P.
+
+    One forward pass captures every layer's input QuantTensor, which A2Q's
+    ``quant_weight`` needs (its bound depends on the input's width and sign).
+    """
+    layers = quant_layers(model)
+    captured: dict[str, object] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=n: captured.__setitem__(name, args[0]))
+             for n, m in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        model(sample)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    out = []
+    for i, (name, mod) in enumerate(layers):
+        mode = _layer_quant_mode(cfg, i, mod)
+        if mode == "float":
+            out.append(LayerExport(name, "float", None, None, None, None, None))
+            continue
+        qi = captured[name]
+        if not hasattr(qi, "bit_width"):
+            raise RuntimeError(f"layer '{name}': input is not a QuantTensor; every quantized layer needs one")
+        qw = mod.quant_weight(quant_input=qi) if mode in ("a2q", "a2q+") else mod.quant_weight()
+        w_int = torch.round(qw.value / qw.scale + qw.zero_point).cpu().numpy().astype(np.int64)
+        if not np.array_equal(w_int, qw.int().cpu().numpy()):
+            raise RuntimeError(f"layer '{name}': quant_weight value/scale is not integral")
+        bits = int(qw.bit_width.item())
+        in_type = IntType(int(qi.bit_width.item()), bool(qi.signed))
+        out.append(LayerExport(
+            module=name, quant=mode, weight_int=w_int,
+            weight_scale=qw.scale.detach().cpu().numpy().astype(np.float32),
+            weight_type=IntType(bits, bool(qw.signed), narrow=bool(mod.weight_quant.is_narrow_range)),
+            input_type=in_type,
+            acc_bits=cfg.acc_bits if mode in ("a2q", "a2q+") else None,
+        ))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX helpers (numpy only)
+
+def quant_int(x: np.ndarray, scale, zero_point, bits: int, signed: bool, narrow: bool) -> np.ndarray:
+    """Integer codes of qonnx's Quant (ROUND = half to even), computed in float32 as qonnx does."""
+    x = np.asarray(x, dtype=np.float32)
+    y = x / np.asarray(scale, dtype=np.float32) + np.asarray(zero_point, dtype=np.float32)
+    t = IntType(bits, signed, narrow)
+    return np.clip(np.round(y), t.min, t.max).astype(np.int64)
+
+
+def _producers(graph) -> dict[str, onnx.NodeProto]:
+    return {o: n for n in graph.node for o in n.output}
+
+
+def _weight_quant_node(graph, node, producers, inits):
+    """The Quant node (and its float initializer) feeding ``node``'s weight input, or None."""
+    name = node.input[1]
+    while name in producers and producers[name].op_type in _PASS_THROUGH:
+        name = producers[name].input[0]
+    q = producers.get(name)
+    if q is None or q.op_type != "Quant" or q.input[0] not in inits:
+        return None
+    return q
+
+
+def _attr(node, key, default=None):
+    for a in node.attribute:
+        if a.name == key:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _const(graph, name, inits, producers) -> np.ndarray:
+    if name in inits:
+        return numpy_helper.to_array(inits[name])
+    node = producers.get(name)
+    if node is not None and node.op_type == "Constant":
+        return numpy_helper.to_array(_attr(node, "value"))
+    raise UserError(f"Quant input '{name}' is not a constant; cannot read the integer weights")
+
+
+def read_layers(model: onnx.ModelProto) -> dict[str, dict]:
+    """Per weight node: its Quant node's integers (as the Quant math gives them) and type."""
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    producers = _producers(g)
+    out = {}
+    for node in g.node:
+        if node.op_type not in _WEIGHT_OPS:
+            continue
+        q = _weight_quant_node(g, node, producers, inits)
+        if q is None:
+            continue
+        x = numpy_helper.to_array(inits[q.input[0]])
+        scale, zp, bits = (_const(g, n, inits, producers) for n in q.input[1:4])
+        signed, narrow = bool(_attr(q, "signed", 1)), bool(_attr(q, "narrow", 0))
+        mode = _attr(q, "rounding_mode", b"ROUND")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode != "ROUND":
+            raise UserError(f"weight Quant '{q.name}' uses rounding_mode {mode}; expected ROUND")
+        out[node.name] = {
+            "weight": q.input[0], "quant_node": q.name,
+            "int": quant_int(x, scale, zp, int(bits), signed, narrow),
+            "scale": scale, "zero_point": zp,
+            "type": IntType(int(bits), signed, narrow),
+        }
+    return out
+
+
+def _strip_weight_inputs(graph) -> None:
+    names = {i.name for i in graph.initializer}
+    keep = [i for i in graph.input if i.name not in names]
+    del graph.input[:]
+    graph.input.extend(keep)
+
+
+def _fold_relu_into_unsigned_quant(graph) -> int:
+    """Drop each Relu whose only consumer is an unsigned Quant (which clips at 0 anyway)."""
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in graph.output}
+    removed = []
+    for n in graph.node:
+        if n.op_type != "Relu" or n.output[0] in outputs:
+            continue
+        users = consumers.get(n.output[0], [])
+        if len(users) == 1 and users[0].op_type == "Quant" and not _attr(users[0], "signed", 1) \
+                and users[0].input[0] == n.output[0]:
+            users[0].input[0] = n.input[0]
+            removed.append(n)
+    for n in removed:
+        graph.node.remove(n)
+    return len(removed)
+
+
+def _rename_io(graph, old: str, new: str) -> None:
+    for n in graph.node:
+        for k, v in enumerate(n.input):
+            if v == old:
+                n.input[k] = new
+        for k, v in enumerate(n.output):
+            if v == old:
+                n.output[k] = new
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if vi.name == old:
+            vi.name = new
+
+
+def _module_of(initializer_name: str) -> str:
+    return initializer_name[: -len(".weight")] if initializer_name.endswith(".weight") else initializer_name
+
+
+def patch_and_annotate(model: onnx.ModelProto, layers: list[LayerExport], cfg: ModelConfig,
+                       test_accuracy: float | None) -> onnx.ModelProto:
+    g = model.graph
+    _strip_weight_inputs(g)
+    _fold_relu_into_unsigned_quant(g)
+    if len(g.input) == 1:
+        _rename_io(g, g.input[0].name, "input")
+    if len(g.output) == 1:
+        _rename_io(g, g.output[0].name, "logits")
+    inits = {i.name: i for i in g.initializer}
+    producers = _producers(g)
+    by_module = {le.module: le for le in layers}
+    meta_layers = {}
+    for node in g.node:
+        if node.op_type not in _WEIGHT_OPS:
+            continue
+        q = _weight_quant_node(g, node, producers, inits)
+        if q is None:
+            weight = node.input[1]
+            le = by_module.get(_module_of(weight))
+            if le is None or le.quant != "float":
+                raise RuntimeError(f"node '{node.name}': weight '{weight}' has no Quant node but the layer is quantized")
+            meta_layers[node.name] = {"weight": weight, "weight_bits": None, "input_bits": None,
+                                      "input_signed": None, "acc_bits": None, "quant": "float"}
+            continue
+        init = inits[q.input[0]]
+        le = by_module.get(_module_of(init.name))
+        if le is None or le.weight_int is None:
+            raise RuntimeError(f"node '{node.name}': cannot match weight '{init.name}' to a quantized layer")
+        old = numpy_helper.to_array(init)
+        if old.shape != le.weight_int.shape:
+            raise RuntimeError(f"node '{node.name}': weight shape {old.shape} != layer '{le.module}' {le.weight_int.shape}")
+        value = (le.weight_int.astype(np.float32) * le.weight_scale.astype(np.float32)).astype(np.float32)
+        init.CopyFrom(numpy_helper.from_array(value, init.name))
+        meta_layers[node.name] = {
+            "weight": init.name, "weight_bits": le.weight_type.bits,
+            "input_bits": le.input_type.bits, "input_signed": le.input_type.signed,
+            "acc_bits": le.acc_bits, "quant": le.quant,
+        }
+    meta = {
+        "version": __version__, "dataset": cfg.dataset, "test_accuracy": test_accuracy,
+        "input": cfg.input_quant.to_json(), "layers": meta_layers,
+    }
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
+    return model
+
+
+def verify_onnx(path: str | Path, layers: list[LayerExport] | None = None) -> dict[str, dict]:
+    """Re-read ``path`` and prove each constrained layer's exact range fits its target P.
+
+    Uses only the file (Quant nodes' integers and the ``accumulus`` metadata); when
+    ``layers`` is given, also checks the integers equal PyTorch's ``quant_weight()``.
+    Returns per-layer widths; raises UserError naming layer and numbers otherwise.
+    """
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    if METADATA_KEY not in props:
+        raise UserError(f"{path} has no '{METADATA_KEY}' metadata; export it with 'accumulus export'")
+    meta = json.loads(props[METADATA_KEY])
+    found = read_layers(model)
+    by_weight = {le.module + ".weight": le for le in (layers or [])}
+    report = {}
+    for node_name, info in meta["layers"].items():
+        if info["quant"] == "float":
+            continue
+        if node_name not in found:
+            raise UserError(f"{path}: layer '{node_name}' is in the metadata but has no weight Quant node")
+        f = found[node_name]
+        w = f["int"]
+        le = by_weight.get(info["weight"])
+        if le is not None and not np.array_equal(w, le.weight_int):
+            bad = int(np.sum(w != le.weight_int))
+            raise UserError(f"{path}: layer '{node_name}': {bad} of {w.size} exported integer weights differ "
+                            f"from quant_weight(); re-export the model")
+        if np.any(np.asarray(f["zero_point"]) != 0):
+            raise UserError(f"{path}: layer '{node_name}': weight zero point is not 0")
+        w2 = w.reshape(w.shape[0], -1)
+        in_type = IntType(int(info["input_bits"]), bool(info["input_signed"]))
+        target = info["acc_bits"]
+        widths = layer_widths(w2, f["type"], in_type, target=target)
+        bad = widths.violations()
+        if bad:
+            c = bad[0]
+            raise UserError(
+                f"{path}: layer '{node_name}' channel {c}: exact accumulator range [{widths.lo[c]}, {widths.hi[c]}] "
+                f"needs {widths.exact[c]} bits > target P={target} (L1 norm {widths.l1[c]}, {len(bad)} channels over); "
+                f"the export does not keep training's guarantee"
+            )
+        report[node_name] = {"exact_bits": int(widths.exact.max()), "acc_bits": target,
+                             "datatype_bits": int(widths.datatype), "l1_max": int(widths.l1.max()),
+                             "zeros": float(np.mean(w == 0))}
+    return report
+
+
+def export_model(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, sample: torch.Tensor,
+                 test_accuracy: float | None = None, fmt: str = "qonnx") -> Path:
+    """Write ``out_dir/model.onnx`` (``fmt='qonnx'``) or ``out_dir/model.qcdq.onnx`` (``'qcdq'``).
+
+    ``sample`` is a small input batch (N, C, H, W): it drives the forward pass that captures
+    each layer's input QuantTensor, and its first image traces the graph (batch size 1).
+    """
+    from brevitas.export import export_onnx_qcdq, export_qonnx
+
+    if fmt not in ("qonnx", "qcdq"):
+        raise UserError(f"unknown export format '{fmt}': choose qonnx or qcdq")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    layers = quant_weights(model, cfg, sample)
+    path = out_dir / ("model.onnx" if fmt == "qonnx" else "model.qcdq.onnx")
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        fn = export_qonnx if fmt == "qonnx" else export_onnx_qcdq
+        # dynamo=False: the dynamo exporter emits Gemm and drops QuantTensors in residual adds.
+        fn(model, args=sample[:1], export_path=str(raw), dynamo=False)
+        proto = onnx.load(str(raw))
+    if fmt == "qonnx":
+        proto = patch_and_annotate(proto, layers, cfg, test_accuracy)
+        onnx.save(proto, str(path))
+        verify_onnx(path, layers)
+    else:
+        proto = _patch_qcdq(proto, layers, cfg, test_accuracy)
+        onnx.save(proto, str(path))
+    return path
+
+
+def _patch_qcdq(model: onnx.ModelProto, layers: list[LayerExport], cfg: ModelConfig, test_accuracy) -> onnx.ModelProto:
+    """QCDQ: weights are ``QuantizeLinear -> Clip -> DequantizeLinear`` of a float initializer."""
+    g = model.graph
+    _strip_weight_inputs(g)
+    inits = {i.name: i for i in g.initializer}
+    for le in layers:
+        if le.weight_int is None:
+            continue
+        name = le.module + ".weight"
+        if name in inits:
+            value = (le.weight_int.astype(np.float32) * le.weight_scale.astype(np.float32)).astype(np.float32)
+            inits[name].CopyFrom(numpy_helper.from_array(value, name))
+    meta = {"version": __version__, "dataset": cfg.dataset, "test_accuracy": test_accuracy,
+            "input": cfg.input_quant.to_json(), "format": "qcdq"}
+    onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
+    return model
