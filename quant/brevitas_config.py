@@ -16,7 +16,12 @@ Everything Brevitas-specific that :mod:`accumulus.quant.models` needs is built h
 """
 from __future__ import annotations
 
-import numpy as np
+import warnings
+
+# Brevitas warns on import that an optional CUDA kernel package is absent; it is never used here.
+warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
+
+import numpy as np  # noqa: E402
 import torch
 from torch import nn
 

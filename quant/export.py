@@ -342,9 +342,11 @@ def export_model(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, sample
     path = out_dir / ("model.onnx" if fmt == "qonnx" else "model.qcdq.onnx")
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"
-        fn = export_qonnx if fmt == "qonnx" else export_onnx_qcdq
         # dynamo=False: the dynamo exporter emits Gemm and drops QuantTensors in residual adds.
-        fn(model, args=sample[:1], export_path=str(raw), dynamo=False)
+        if fmt == "qonnx":
+            export_qonnx(model, args=sample[:1], export_path=str(raw), dynamo=False)
+        else:
+            export_onnx_qcdq(model, args=sample[:1], export_path=str(raw), dynamo=False, opset_version=13)
         proto = onnx.load(str(raw))
     if fmt == "qonnx":
         proto = patch_and_annotate(proto, layers, cfg, test_accuracy)
@@ -356,19 +358,54 @@ def export_model(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, sample
     return path
 
 
+def _module_of_node(node_name: str) -> str:
+    """torch's ONNX node names are ``/<module path with '/'>/<Op>``: ``/layers.1/MatMul`` -> ``layers.1``."""
+    parts = [p for p in node_name.split("/") if p]
+    return ".".join(parts[:-1])
+
+
 def _patch_qcdq(model: onnx.ModelProto, layers: list[LayerExport], cfg: ModelConfig, test_accuracy) -> onnx.ModelProto:
-    """QCDQ: weights are ``QuantizeLinear -> Clip -> DequantizeLinear`` of a float initializer."""
+    """QCDQ weights are ``int8 initializer -> Clip -> DequantizeLinear``: write quant_weight()'s integers."""
     g = model.graph
     _strip_weight_inputs(g)
+    if len(g.input) == 1:
+        _rename_io(g, g.input[0].name, "input")
+    if len(g.output) == 1:
+        _rename_io(g, g.output[0].name, "logits")
     inits = {i.name: i for i in g.initializer}
-    for le in layers:
-        if le.weight_int is None:
+    producers = _producers(g)
+    by_module = {le.module: le for le in layers}
+    meta_layers = {}
+    for node in g.node:
+        if node.op_type not in _WEIGHT_OPS:
             continue
-        name = le.module + ".weight"
-        if name in inits:
-            value = (le.weight_int.astype(np.float32) * le.weight_scale.astype(np.float32)).astype(np.float32)
-            inits[name].CopyFrom(numpy_helper.from_array(value, name))
+        le = by_module.get(_module_of_node(node.name))
+        if le is None or le.weight_int is None:
+            continue
+        name = node.input[1]
+        while name in producers and producers[name].op_type in _PASS_THROUGH:
+            name = producers[name].input[0]
+        dq = producers.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            raise RuntimeError(f"QCDQ node '{node.name}': weight is not produced by DequantizeLinear")
+        src = dq.input[0]
+        if src in producers and producers[src].op_type == "Clip":
+            src = producers[src].input[0]
+        if src not in inits:
+            raise RuntimeError(f"QCDQ node '{node.name}': integer weights are not an initializer")
+        old = numpy_helper.to_array(inits[src])
+        ints = le.weight_int.reshape(old.shape) if old.size == le.weight_int.size else None
+        if ints is None:
+            raise RuntimeError(f"QCDQ node '{node.name}': weight shape {old.shape} != {le.weight_int.shape}")
+        dq_scale = _const(g, dq.input[1], inits, producers).astype(np.float32)
+        if not np.allclose(dq_scale.reshape(-1), le.weight_scale.reshape(-1), rtol=1e-6, atol=0):
+            raise RuntimeError(f"QCDQ node '{node.name}': DequantizeLinear scale differs from quant_weight()'s")
+        inits[src].CopyFrom(numpy_helper.from_array(ints.astype(old.dtype), src))
+        meta_layers[node.name] = {"weight": src, "weight_bits": le.weight_type.bits,
+                                  "input_bits": le.input_type.bits, "input_signed": le.input_type.signed,
+                                  "acc_bits": le.acc_bits, "quant": le.quant}
     meta = {"version": __version__, "dataset": cfg.dataset, "test_accuracy": test_accuracy,
-            "input": cfg.input_quant.to_json(), "format": "qcdq"}
+            "input": cfg.input_quant.to_json(), "format": "qcdq", "layers": meta_layers}
+    del model.metadata_props[:]
     onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
     return model

@@ -157,7 +157,7 @@ def _fit(model, cfg, ds: Dataset, opts: TrainOptions, out_dir: Path | None, star
             correct += int((out.argmax(1) == yb).sum())
             seen += len(idx)
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+                bar.set_postfix(loss=f"{tot_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
         test_acc = evaluate(model, ds.x_test, ds.y_test)
         rec = {"epoch": epoch + 1, "loss": tot_loss / seen, "train_accuracy": correct / seen,
                "test_accuracy": test_acc, "seconds": round(time.perf_counter() - t0, 3)}
@@ -175,7 +175,7 @@ def _progress(it, desc, enabled):
         return it
     from tqdm import tqdm
 
-    return tqdm(it, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(it, desc=desc, leave=False, dynamic_ncols=True, mininterval=0.5)
 
 
 def train(cfg: ModelConfig, out_dir: str | Path | None, opts: TrainOptions,

@@ -1,0 +1,104 @@
+"""accumulus train: quantization-aware training (Brevitas), then QONNX export."""
+from __future__ import annotations
+
+NAME = "train"
+HELP = "Train a quantized (optionally accumulator-aware) network and export DIR/model.onnx."
+EXAMPLES = """
+  accumulus train --preset digits-mlp --out build/digits          # DESIGN.md's canonical model
+  accumulus train --model mlp --dataset digits --quant a2q+ --weight-bits 4 --act-bits 4 \\
+                  --acc-bits 12 --epochs 5 --out build/d12        # A2Q+ for 12-bit accumulators
+  accumulus train --preset mnist-tfc --acc-bits 16 --epochs 15 --out build/tfc16
+  accumulus train --model cnn --dataset my_data.npz --quant int --out build/mine   # .npz with x, y
+  accumulus train --preset digits-mlp --epochs 20 --resume --out build/digits    # continue training
+"""
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+
+
+def add_arguments(p):
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", help="digits-mlp | mnist-tfc | digits-cnn | digits-rescnn (other options override it)")
+    g.add_argument("--model", help="mlp | cnn | resnet (default mlp)")
+    g.add_argument("--dataset", help="digits | mnist5k | PATH.npz with arrays x (N,[C,]H,W) and y (default digits)")
+    g.add_argument("--quant", help="float | int | a2q | a2q+ (default a2q+)")
+    g.add_argument("--weight-bits", type=int, metavar="M", help="weight bits (default 4)")
+    g.add_argument("--act-bits", type=int, metavar="N", help="hidden activation bits; the input width comes from the dataset (default 4)")
+    g.add_argument("--acc-bits", type=int, metavar="P", help="target accumulator bits for a2q/a2q+ (default 12)")
+    g.add_argument("--hidden", type=_int_list, metavar="W1,W2,..", help="hidden widths (mlp) or conv channels c1,c2,c3 (cnn/resnet)")
+    g.add_argument("--width-mult", type=float, metavar="F", help="scale every hidden width (WRPN), default 1")
+    g.add_argument("--constrain-first", action="store_true", default=None,
+                   help="apply A2Q/A2Q+ to the first layer too (default: plain integer QAT, sized exactly)")
+    g.add_argument("--highway-bits", type=int, metavar="B", help="resnet: bits of the residual stream after the Add (Precision Highway, e.g. 8)")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=None, help="epochs (default 10)")
+    t.add_argument("--seed", type=int, default=0, help="seed for init, batches and the data split (default 0)")
+    t.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    t.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    t.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on a shared 2-core machine)")
+    t.add_argument("--resume", action="store_true", help="continue from DIR/model.pt (same options, more --epochs)")
+    t.add_argument("--no-float-baseline", action="store_true", help="skip training the float twin used as the float reference")
+    t.add_argument("--limit", type=int, metavar="ROWS", help="use only the first ROWS of each split (quick checks)")
+    t.add_argument("--no-export", action="store_true", help="do not write DIR/model.onnx")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--out", required=True, metavar="DIR", help="project folder: model.pt, train.json, model.onnx")
+
+
+_MODEL_KEYS = {"model": "model", "dataset": "dataset", "quant": "quant", "weight_bits": "weight_bits",
+               "act_bits": "act_bits", "acc_bits": "acc_bits", "hidden": "hidden", "width_mult": "width_mult",
+               "constrain_first": "constrain_first", "highway_bits": "highway_bits"}
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from accumulus.errors import UserError
+    from accumulus.quant.data import DATASETS, load_dataset
+    from accumulus.quant.models import make_config, preset
+    from accumulus.quant.train import TrainOptions, set_threads, train
+
+    set_threads(args.threads)
+    chosen = {k: getattr(args, a) for a, k in _MODEL_KEYS.items() if getattr(args, a) is not None}
+    if "hidden" in chosen:
+        chosen["hidden"] = tuple(chosen["hidden"])
+    opts = TrainOptions(epochs=args.epochs if args.epochs is not None else 10, seed=args.seed,
+                        batch_size=args.batch_size, lr=args.lr, threads=args.threads, resume=args.resume,
+                        float_baseline=not args.no_float_baseline, limit=args.limit, progress=not args.quiet)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    dataset = None
+    if args.preset:
+        cfg = preset(args.preset, **chosen)
+    else:
+        chosen.setdefault("model", "mlp")
+        chosen.setdefault("dataset", "digits")
+        if chosen["dataset"] not in DATASETS:
+            dataset = load_dataset(chosen["dataset"], seed=opts.seed, limit=opts.limit)
+            cfg = make_config(dataset_shape=dataset.image_shape, num_classes=dataset.num_classes,
+                              dataset_iq=dataset.input_quant, **chosen)
+        else:
+            cfg = make_config(**chosen)
+    out = Path(args.out)
+    model, result = train(cfg, out, opts, dataset=dataset)
+    line = f"test accuracy {result['test_accuracy']:.4f}"
+    if "float_test_accuracy" in result:
+        line += f" (float reference {result['float_test_accuracy']:.4f})"
+    if not args.no_export:
+        from accumulus.quant.export import export_model, verify_onnx
+        import torch
+
+        ds = dataset or load_dataset(cfg.dataset, seed=opts.seed, limit=opts.limit)
+        path = export_model(model, cfg, out, torch.from_numpy(ds.x_test[:8]), result["test_accuracy"])
+        widths = verify_onnx(path)
+        line += f"; wrote {path}"
+        for node, w in widths.items():
+            if w["acc_bits"] is not None:
+                line += f"\n  {node}: exact {w['exact_bits']} bits <= P={w['acc_bits']} (data-type bound {w['datatype_bits']})"
+    print(line)
+    return 0
