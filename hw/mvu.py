@@ -48,3 +48,389 @@ Both streams follow ``amaranth.lib.stream`` rules (a beat moves when ``valid & r
 the engine tolerates input gaps and output stalls at any cycle. There is no ``last``:
 vector boundaries are implied by the beat counts (K/SIMD in, N/PE out).
 """
+from __future__ import annotations
+
+import numpy as np
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from accumulus.compiler.accumulators import exact_bits
+from accumulus.compiler.plan import Plan
+from accumulus.compiler.types import IntType
+
+from .mac import wrap
+from .requant import RequantSpec
+from .rom import check_int, lanes_fit
+from .systolic import ArraySpec, SystolicArray, exact_tree_bits
+
+__all__ = ["MVUSpec", "MVU", "Reorder", "parse_acc_policy", "ACC_POLICIES"]
+
+ACC_POLICIES = ("exact", "datatype", "fixed:K", "exact-minus:D")
+
+
+def parse_acc_policy(policy) -> tuple[str, int | None]:
+    """``"exact" | "datatype" | "fixed:K" | "exact-minus:D"`` -> (kind, K or D)."""
+    if not isinstance(policy, str):
+        raise TypeError(f"acc_policy must be a string ({' | '.join(ACC_POLICIES)}), got {policy!r}")
+    kind, _, arg = policy.partition(":")
+    if kind in ("exact", "datatype") and not arg:
+        return kind, None
+    if kind in ("fixed", "exact-minus") and arg.isdigit() and int(arg) >= 1:
+        return kind, int(arg)
+    raise ValueError(f"acc_policy must be one of {' | '.join(ACC_POLICIES)} (K, D >= 1), got {policy!r}")
+
+
+class MVUSpec:
+    """Parameters, widths, timing and numpy model of one MAC layer's engine (see the module
+    docstring for the interface).
+
+    Parameters
+    ----------
+    plan : Plan
+    layer : dict
+        A ``matvec`` or ``conv`` layer of ``plan``.
+    acc_policy : str
+        ``exact`` (the plan's per-PE exact widths; every adder-tree node at its own exact
+        width), ``datatype`` (hls4ml's width everywhere), ``fixed:K`` (K bits; K below a PE's
+        exact width is an error) or ``exact-minus:D`` (D bits below exact: deliberately
+        wraps, for showing that the exact width is needed).
+    threshold_search : "auto" | "binary" | "parallel"
+        Threshold requant form (:class:`accumulus.hw.requant.RequantSpec`).
+    """
+
+    def __init__(self, plan: Plan, layer: dict, acc_policy: str = "exact", threshold_search: str = "auto"):
+        if not isinstance(plan, Plan):
+            raise TypeError(f"plan must be an accumulus.compiler.plan.Plan, got {type(plan).__name__}")
+        if not isinstance(layer, dict) or "name" not in layer:
+            raise TypeError(f"layer must be a plan layer dict, got {layer!r}")
+        name = self.name = layer["name"]
+        if layer.get("kind") not in ("matvec", "conv"):
+            raise ValueError(f"layer '{name}': kind must be 'matvec' or 'conv', got {layer.get('kind')!r}")
+        self.plan, self.layer = plan, layer
+        self.policy, policy_arg = parse_acc_policy(acc_policy)
+        self.acc_policy = acc_policy
+
+        w = np.asarray(plan.array(layer["weight"]))
+        if not np.issubdtype(w.dtype, np.integer):
+            raise TypeError(f"layer '{name}': weights must be integers, got dtype {w.dtype}")
+        self.weight_type = IntType.from_json(layer["weight_type"])
+        self.input_type = IntType.from_json(layer["input_type"])
+        n, k = check_int("channels", layer["channels"]), check_int("fan_in", layer["fan_in"])
+        if w.shape != (n, k):
+            raise ValueError(f"layer '{name}': weight shape {w.shape} is not (channels={n}, fan_in={k})")
+        if not lanes_fit(w, self.weight_type.bits, self.weight_type.signed):
+            raise ValueError(f"layer '{name}': weights span [{w.min()}, {w.max()}], outside weight_type {self.weight_type}")
+        self.weights = w.astype(np.int64)
+        self.channels, self.fan_in = n, k
+        conv = layer.get("conv")
+        if conv is not None and conv.get("groups", 1) != 1:
+            raise ValueError(f"layer '{name}': groups={conv['groups']} is not supported by the MVU (groups must be 1)")
+
+        fold = layer["folding"]
+        self.pe = check_int(f"layer '{name}' folding.pe", fold["pe"])
+        self.simd = check_int(f"layer '{name}' folding.simd", fold["simd"])
+        if n % self.pe:
+            raise ValueError(f"layer '{name}': folding.pe={self.pe} does not divide channels={n}")
+        if k % self.simd:
+            raise ValueError(f"layer '{name}': folding.simd={self.simd} does not divide fan_in={k}")
+        order = np.asarray(fold["channel_order"], dtype=np.int64)
+        if sorted(order.tolist()) != list(range(n)):
+            raise ValueError(f"layer '{name}': folding.channel_order is not a permutation of 0..{n - 1}")
+        self.channel_order = order
+        self.fold_in, self.fold_out = k // self.simd, n // self.pe
+        plan_pe_bits = [int(b) for b in fold["pe_acc_bits"]]
+        if len(plan_pe_bits) != self.pe:
+            raise ValueError(f"layer '{name}': folding.pe_acc_bits has {len(plan_pe_bits)} entries, pe={self.pe}")
+
+        # -- widths under the policy -----------------------------------------------------
+        exact = exact_bits(self.weights, self.input_type)
+        self.exact_pe_bits = [int(exact[order[p::self.pe]].max()) for p in range(self.pe)]
+        for p in range(self.pe):
+            if plan_pe_bits[p] < self.exact_pe_bits[p]:
+                raise ValueError(
+                    f"layer '{name}': folding.pe_acc_bits[{p}]={plan_pe_bits[p]} is below the exact width "
+                    f"{self.exact_pe_bits[p]} of its channels; re-run 'accumulus compile'")
+        cols = [self.weights[order[p::self.pe]].reshape(self.fold_out * self.fold_in, self.simd)
+                for p in range(self.pe)]
+        exact_tree = [exact_tree_bits(c, self.input_type) for c in cols]
+        natural_product = self.weight_type.twos_complement_bits + self.input_type.twos_complement_bits
+        if self.policy == "exact":
+            acc_bits = plan_pe_bits
+        elif self.policy == "datatype":
+            acc_bits = [int(layer["acc"]["bits"]["datatype"])] * self.pe
+        elif self.policy == "fixed":
+            acc_bits = [policy_arg] * self.pe
+            if policy_arg < max(self.exact_pe_bits):
+                raise ValueError(
+                    f"layer '{name}': acc_policy {acc_policy!r} is narrower than the exact width "
+                    f"{max(self.exact_pe_bits)}; use exact-minus:D to build a deliberately wrapping design")
+        else:
+            acc_bits = [b - policy_arg for b in plan_pe_bits]
+            if min(acc_bits) < 2:
+                raise ValueError(f"layer '{name}': acc_policy {acc_policy!r} leaves a PE under 2 bits")
+        if max(acc_bits) > 62:
+            raise ValueError(f"layer '{name}': accumulator width {max(acc_bits)} > 62 is not supported")
+        self.acc_bits = acc_bits
+        tree = []
+        for p in range(self.pe):
+            levels = []
+            for li, level in enumerate(exact_tree[p]):
+                if self.policy in ("exact", "exact-minus"):
+                    levels.append([min(b, acc_bits[p]) for b in level])
+                elif li == 0:
+                    levels.append([min(natural_product, acc_bits[p])] * len(level))
+                else:
+                    levels.append([acc_bits[p]] * len(level))
+            tree.append(levels)
+        self.tree_bits = tree
+        self.array_spec = ArraySpec(np.stack(cols), self.weight_type, self.input_type, acc_bits,
+                                    sum_len=self.fold_in, tree_bits=tree)
+
+        # -- output ------------------------------------------------------------------------
+        if layer.get("requant") is not None:
+            self.requant = RequantSpec(plan, layer["requant"], self.pe, acc_bits, order, threshold_search,
+                                       beat_interval=self.fold_in, name=name)
+            if self.requant.channels != n:
+                raise ValueError(f"layer '{name}': requant has {self.requant.channels} channels, layer has {n}")
+            self.out_type = self.requant.out_type
+            self.threshold_bits = self.requant.threshold_bits
+        else:
+            self.requant = None
+            self.out_type = plan.tensor_type(layer["output"])
+            self.threshold_bits = []
+            if self.out_type.bits < max(self.exact_pe_bits) or not self.out_type.signed:
+                raise ValueError(f"layer '{name}': output type {self.out_type} cannot hold the accumulators "
+                                 f"({max(self.exact_pe_bits)}-bit signed)")
+        self.direct_order = all(
+            sorted(order[f * self.pe:(f + 1) * self.pe].tolist()) == list(range(f * self.pe, (f + 1) * self.pe))
+            for f in range(self.fold_out))
+
+    # -- interface properties ---------------------------------------------------------------
+    in_elems = property(lambda self: self.simd)
+    out_elems = property(lambda self: self.pe)
+
+    @property
+    def in_width(self) -> int:
+        return self.input_type.bits
+
+    @property
+    def in_signed(self) -> bool:
+        return self.input_type.signed
+
+    @property
+    def out_width(self) -> int:
+        return self.out_type.bits
+
+    @property
+    def out_signed(self) -> bool:
+        return self.out_type.signed
+
+    @property
+    def cycles_per_frame(self) -> int:
+        return self.fold_out * self.fold_in
+
+    @property
+    def requant_latency(self) -> int:
+        return 0 if self.requant is None else self.requant.latency
+
+    @property
+    def latency(self) -> int:
+        # issue -> stage R (1) -> array -> acc register (1) -> requant -> reorder
+        tail = self.array_spec.latency + 2 + self.requant_latency
+        if self.direct_order:
+            return self.fold_in - 1 + tail
+        return self.fold_out * self.fold_in - 1 + tail + 1
+
+    @property
+    def macs_per_cycle(self) -> int:
+        return self.pe * self.simd
+
+    # -- model -------------------------------------------------------------------------------
+    def accumulators(self, x) -> np.ndarray:
+        """``(B, N)`` accumulators as built: exact sums, wrapped to each PE's width."""
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.fan_in:
+            raise ValueError(f"layer '{self.name}': x must be (B, fan_in={self.fan_in}), got shape {x.shape}")
+        if not lanes_fit(x, self.input_type.bits, self.input_type.signed):
+            raise ValueError(f"layer '{self.name}': x leaves input_type {self.input_type}")
+        acc = x.astype(np.int64) @ self.weights.T
+        bits = np.empty(self.channels, dtype=np.int64)
+        for p in range(self.pe):
+            bits[self.channel_order[p::self.pe]] = self.acc_bits[p]
+        return np.asarray(wrap(acc, np.broadcast_to(bits, acc.shape)), dtype=np.int64)
+
+    def compute(self, x) -> np.ndarray:
+        """``(B, K)`` input codes -> ``(B, N)`` outputs in natural channel order."""
+        acc = self.accumulators(x)
+        return acc if self.requant is None else self.requant.compute(acc)
+
+    def create(self) -> "MVU":
+        return MVU(self)
+
+
+class Reorder(wiring.Component):
+    """Restores natural channel order: beats of ``pe`` lanes, lane ``p`` of beat ``f`` being
+    channel ``order[p + pe*f]``, in; beats of channels ``f*pe ..`` out.
+
+    ``direct`` (each fold's channels a natural block): a lane permutation, no storage.
+    Otherwise two buffers of ``len(order)`` elements alternate: one fills while the other
+    drains, so a full rate is kept at one vector of latency.
+
+    Members
+    -------
+    i, o : stream of ``unsigned(pe * width)``
+    """
+
+    def __init__(self, order, pe: int, width: int):
+        self.order = np.asarray(order, dtype=np.int64)
+        self.pe, self.width = check_int("pe", pe), check_int("width", width)
+        n = self.order.size
+        if n % pe or sorted(self.order.tolist()) != list(range(n)):
+            raise ValueError(f"order must be a permutation of 0..{n - 1} with pe={pe} dividing it")
+        self.folds = n // pe
+        self.direct = all(sorted(self.order[f * pe:(f + 1) * pe].tolist()) == list(range(f * pe, (f + 1) * pe))
+                          for f in range(self.folds))
+        sig = stream.Signature(unsigned(pe * width))
+        super().__init__({"i": In(sig), "o": Out(sig)})
+
+    def _lane(self, beat, p):
+        return beat[p * self.width:(p + 1) * self.width]
+
+    def elaborate(self, platform):
+        m = Module()
+        pe, nf = self.pe, self.folds
+        if self.direct:
+            # src[f][q]: input lane holding channel f*pe+q
+            src = [[int(np.nonzero(self.order[f * pe:(f + 1) * pe] == f * pe + q)[0][0]) for q in range(pe)]
+                   for f in range(nf)]
+            m.d.comb += [self.o.valid.eq(self.i.valid), self.i.ready.eq(self.o.ready)]
+            beats = [Cat(self._lane(self.i.payload, src[f][q]) for q in range(pe)) for f in range(nf)]
+            if all(s == src[0] for s in src):
+                m.d.comb += self.o.payload.eq(beats[0])
+            else:
+                fold = Signal(range(nf))
+                with m.If(self.o.valid & self.o.ready):
+                    m.d.sync += fold.eq(Mux(fold == nf - 1, 0, fold + 1))
+                m.d.comb += self.o.payload.eq(Array(beats)[fold])
+            return m
+
+        n = self.order.size
+        bufs = [[Signal(self.width, name=f"b{b}_{c}") for c in range(n)] for b in range(2)]
+        full = Signal(2)
+        wsel, rsel = Signal(), Signal()
+        wfold, rfold = Signal(range(max(2, nf))), Signal(range(max(2, nf)))
+        m.d.comb += self.i.ready.eq(~full.bit_select(wsel, 1))
+        write = self.i.valid & self.i.ready
+        for b in range(2):
+            for c in range(n):
+                pos = int(np.nonzero(self.order == c)[0][0])
+                f, p = divmod(pos, pe)
+                with m.If(write & (wsel == b) & (wfold == f)):
+                    m.d.sync += bufs[b][c].eq(self._lane(self.i.payload, p))
+        set_full = Signal(2)
+        clr_full = Signal(2)
+        with m.If(write):
+            with m.If(wfold == nf - 1):
+                m.d.sync += [wfold.eq(0), wsel.eq(~wsel)]
+                m.d.comb += set_full.eq(Mux(wsel, 0b10, 0b01))
+            with m.Else():
+                m.d.sync += wfold.eq(wfold + 1)
+        m.d.comb += self.o.valid.eq(full.bit_select(rsel, 1))
+        beats = Array(Array(Cat(bufs[b][f * pe + q] for q in range(pe)) for f in range(nf)) for b in range(2))
+        m.d.comb += self.o.payload.eq(beats[rsel][rfold])
+        with m.If(self.o.valid & self.o.ready):
+            with m.If(rfold == nf - 1):
+                m.d.sync += [rfold.eq(0), rsel.eq(~rsel)]
+                m.d.comb += clr_full.eq(Mux(rsel, 0b10, 0b01))
+            with m.Else():
+                m.d.sync += rfold.eq(rfold + 1)
+        m.d.sync += full.eq((full | set_full) & ~clr_full)
+        return m
+
+
+class MVU(wiring.Component):
+    """The matrix-vector engine (see the module docstring for ports and packing).
+
+    Members
+    -------
+    i : In(stream.Signature(unsigned(in_elems * in_width)))
+    o : Out(stream.Signature(unsigned(out_elems * out_width)))
+    """
+
+    def __init__(self, spec: MVUSpec):
+        if not isinstance(spec, MVUSpec):
+            raise TypeError(f"spec must be an MVUSpec, got {spec!r}")
+        self.spec = spec
+        super().__init__({
+            "i": In(stream.Signature(unsigned(spec.in_elems * spec.in_width))),
+            "o": Out(stream.Signature(unsigned(spec.out_elems * spec.out_width))),
+        })
+        # for benchmarks: high in every cycle a step enters the array (PE*SIMD MACs of work)
+        self.mac_step = Signal()
+
+    def elaborate(self, platform):
+        spec = self.spec
+        m = Module()
+        sf, nf = spec.fold_in, spec.fold_out
+        m.submodules.array = array = SystolicArray(spec.array_spec)
+
+        # the accumulator beat register: a stream source; everything upstream stalls with it
+        acc_valid = Signal()
+        acc_ready = Signal()
+        acc_payload = Signal(data.ArrayLayout(signed(spec.array_spec.out_bits), spec.pe))
+        en = Signal()
+        m.d.comb += en.eq(~acc_valid | acc_ready)
+
+        s = Signal(range(max(2, sf)))
+        f = Signal(range(max(2, nf)))
+        waddr = Signal(range(max(2, sf * nf)))
+        take_stream = Signal()
+        m.d.comb += take_stream.eq(f == 0)
+        issue = Signal()
+        m.d.comb += [issue.eq(en & (~take_stream | self.i.valid)),
+                     self.i.ready.eq(en & take_stream),
+                     self.mac_step.eq(issue)]
+        with m.If(issue):
+            m.d.sync += [s.eq(Mux(s == sf - 1, 0, s + 1)), waddr.eq(Mux(waddr == sf * nf - 1, 0, waddr + 1))]
+            with m.If(s == sf - 1):
+                m.d.sync += f.eq(Mux(f == nf - 1, 0, f + 1))
+
+        # stage R: aligns the step with the input buffer's synchronous read
+        r_valid, r_first, r_last, r_stream = Signal(), Signal(), Signal(), Signal()
+        r_addr = Signal.like(waddr)
+        r_x = Signal.like(self.i.payload)
+        with m.If(en):
+            m.d.sync += [r_valid.eq(issue), r_first.eq(s == 0), r_last.eq(s == sf - 1),
+                         r_stream.eq(take_stream), r_addr.eq(waddr), r_x.eq(self.i.payload)]
+        if nf > 1:
+            # the input vector is kept for the N/PE output folds
+            m.submodules.inbuf = inbuf = Memory(shape=unsigned(len(self.i.payload)), depth=sf, init=[])
+            wp = inbuf.write_port()
+            rp = inbuf.read_port()
+            m.d.comb += [wp.addr.eq(s), wp.data.eq(self.i.payload), wp.en.eq(issue & take_stream),
+                         rp.addr.eq(s), rp.en.eq(en)]
+            x = Mux(r_stream, r_x, rp.data)
+        else:
+            x = r_x
+        m.d.comb += [array.en.eq(en), array.addr.eq(r_addr), array.x.eq(x),
+                     array.valid.eq(r_valid), array.first.eq(r_first), array.last.eq(r_last)]
+        with m.If(en):
+            m.d.sync += [acc_valid.eq(array.acc_valid), acc_payload.eq(array.acc)]
+
+        # requantize (or pass accumulators at the output width), then restore channel order
+        ow = spec.out_width
+        m.submodules.reorder = reorder = Reorder(spec.channel_order, spec.pe, ow)
+        if spec.requant is not None:
+            m.submodules.requant = rq = spec.requant.create()
+            m.d.comb += [rq.i.valid.eq(acc_valid), rq.i.payload.eq(acc_payload), acc_ready.eq(rq.i.ready)]
+            wiring.connect(m, rq.o, reorder.i)
+        else:
+            lanes = [Signal(signed(ow), name=f"out{p}") for p in range(spec.pe)]
+            m.d.comb += [lane.eq(acc_payload[p]) for p, lane in enumerate(lanes)]  # sign-extends
+            m.d.comb += [reorder.i.valid.eq(acc_valid), acc_ready.eq(reorder.i.ready),
+                         reorder.i.payload.eq(Cat(lanes))]
+        wiring.connect(m, reorder.o, wiring.flipped(self.o))
+        return m
+
