@@ -18,9 +18,12 @@ into it); the graph input is named ``input`` and the output ``logits``.
 The model-level ``metadata_props`` key ``accumulus`` holds JSON::
 
     {"version", "dataset", "test_accuracy", "input": {"bits", "scale", "signed"},
-     "layers": {"<MatMul/Gemm/Conv node>": {"weight": "<initializer>", "weight_bits": M,
+     "layers": {"<MatMul/Gemm/Conv node>": {"order": i, "weight": "<initializer>", "weight_bits": M,
                 "input_bits": N, "input_signed": bool, "acc_bits": P | null,
                 "quant": "a2q+" | "a2q" | "int" | "float"}}}
+
+``order`` is the weight node's position among the graph's MatMul/Gemm/Conv nodes (in
+graph order): it survives qonnx's cleanup, which renames nodes and tensors.
 """
 from __future__ import annotations
 
@@ -251,8 +254,8 @@ def patch_and_annotate(model: onnx.ModelProto, layers: list[LayerExport], cfg: M
             le = by_module.get(_module_of(weight))
             if le is None or le.quant != "float":
                 raise RuntimeError(f"node '{node.name}': weight '{weight}' has no Quant node but the layer is quantized")
-            meta_layers[node.name] = {"weight": weight, "weight_bits": None, "input_bits": None,
-                                      "input_signed": None, "acc_bits": None, "quant": "float"}
+            meta_layers[node.name] = {"order": len(meta_layers), "weight": weight, "weight_bits": None,
+                                      "input_bits": None, "input_signed": None, "acc_bits": None, "quant": "float"}
             continue
         init = inits[q.input[0]]
         le = by_module.get(_module_of(init.name))
@@ -264,7 +267,7 @@ def patch_and_annotate(model: onnx.ModelProto, layers: list[LayerExport], cfg: M
         value = (le.weight_int.astype(np.float32) * le.weight_scale.astype(np.float32)).astype(np.float32)
         init.CopyFrom(numpy_helper.from_array(value, init.name))
         meta_layers[node.name] = {
-            "weight": init.name, "weight_bits": le.weight_type.bits,
+            "order": len(meta_layers), "weight": init.name, "weight_bits": le.weight_type.bits,
             "input_bits": le.input_type.bits, "input_signed": le.input_type.signed,
             "acc_bits": le.acc_bits, "quant": le.quant,
         }
@@ -401,7 +404,7 @@ def _patch_qcdq(model: onnx.ModelProto, layers: list[LayerExport], cfg: ModelCon
         if not np.allclose(dq_scale.reshape(-1), le.weight_scale.reshape(-1), rtol=1e-6, atol=0):
             raise RuntimeError(f"QCDQ node '{node.name}': DequantizeLinear scale differs from quant_weight()'s")
         inits[src].CopyFrom(numpy_helper.from_array(ints.astype(old.dtype), src))
-        meta_layers[node.name] = {"weight": src, "weight_bits": le.weight_type.bits,
+        meta_layers[node.name] = {"order": len(meta_layers), "weight": src, "weight_bits": le.weight_type.bits,
                                   "input_bits": le.input_type.bits, "input_signed": le.input_type.signed,
                                   "acc_bits": le.acc_bits, "quant": le.quant}
     meta = {"version": __version__, "dataset": cfg.dataset, "test_accuracy": test_accuracy,

@@ -62,6 +62,7 @@ def test_metadata(trained):
     for name, info in layers.items():
         assert nodes[name].op_type in ("MatMul", "Gemm", "Conv") and info["weight"] in inits
         assert info["weight_bits"] == 4 and info["input_signed"] is False
+    assert [v["order"] for v in layers.values()] == [0, 1, 2]
     first, *rest = layers.values()
     assert (first["quant"], first["acc_bits"], first["input_bits"]) == ("int", None, 5)
     assert all((r["quant"], r["acc_bits"], r["input_bits"]) == ("a2q+", 12, 4) for r in rest)
