@@ -46,7 +46,7 @@ class Source:
     port: object
     beats: list
     gap: float = 0.0
-    extra: dict = field(default_factory=dict)  # signal -> list of per-beat values (e.g. tlast)
+    extra: list = field(default_factory=list)  # (signal, per-beat values) pairs, e.g. tlast
     times: list = field(default_factory=list)
 
     async def run(self, ctx, rng, clock):
@@ -56,7 +56,7 @@ class Source:
         while k < len(self.beats):
             if not offering and (self.gap <= 0 or rng.random() >= self.gap):
                 ctx.set(payload, self.beats[k])
-                for sig, vals in self.extra.items():
+                for sig, vals in self.extra:
                     ctx.set(sig, vals[k])
                 ctx.set(self.port.valid, 1)
                 offering = True
@@ -151,3 +151,29 @@ def _bind(driver, rng, clock):
     async def proc(ctx):
         await driver.run(ctx, rng, clock)
     return proc
+
+
+class _Port:
+    def __init__(self, payload, valid, ready):
+        self.payload, self.valid, self.ready = payload, valid, ready
+
+
+def simulate_top(graph, codes, gap: float = 0.0, stall: float = 0.0, seed: int = 0, max_cycles: int = 2_000_000):
+    """Run an :class:`~accumulus.hw.top.AcceleratorTop` of ``graph`` (a GraphSpec) on input
+    codes ``(B, *shape)`` in stream order through its AXI-Stream ports.
+
+    Returns ``(outputs (B, out_frame), tlast flags per beat, cycle of every output beat)``.
+    """
+    top = graph.create()
+    codes = np.asarray(codes, dtype=np.int64)
+    b = codes.shape[0]
+    it, ot = graph.in_type, graph.out_type
+    beats = [pack(v, it.bits) for v in codes.reshape(-1, graph.in_elems)]
+    last = [int((k + 1) % graph.in_beats == 0) for k in range(len(beats))]
+    src = Source(_Port(top.s_axis_tdata, top.s_axis_tvalid, top.s_axis_tready), beats, gap=gap,
+                 extra=[(top.s_axis_tlast, last)])
+    snk = Sink(_Port(top.m_axis_tdata, top.m_axis_tvalid, top.m_axis_tready), b * graph.out_beats, stall=stall,
+               extra=(top.m_axis_tlast,))
+    run(top, [src], [snk], seed=seed, max_cycles=max_cycles, settle=8)
+    out = np.array([unpack(w, graph.out_elems, ot.bits, ot.signed) for w in snk.beats]).reshape(b, -1)
+    return out, [e[0] for e in snk.extras], snk.times

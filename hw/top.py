@@ -1,0 +1,529 @@
+"""The accelerator top: the plan's layers as dataflow engines joined by streams, behind
+AXI-Stream ports.
+
+Every plan layer becomes one engine (:class:`EngineSpec` -> a ``wiring.Component`` with
+stream ports ``i``/``o``, an ``add`` has ``a``/``b``/``o``); every tensor is a stream of
+beats of its elements (hw/fifo.py). Where a producer emits ``a`` elements per beat and
+the consumer reads ``b``, a :class:`~accumulus.hw.width.WidthConverter` regroups them; a
+tensor read by several layers goes through a :class:`~accumulus.hw.fifo.Fork`, and the
+branch of a fork that feeds an ``add`` directly (the skip path of a residual block) gets
+a FIFO of one whole frame, so the skip path can never stall the main path into deadlock.
+
+Engines:
+
+* ``matvec``: the MVU (hw/mvu.py), SIMD elements in, PE out;
+* ``conv``: sliding-window generator (hw/swg.py), then the MVU;
+* ``maxpool`` / ``avgpool``: hw/pool.py (the average pool's window sum then its requant);
+* ``requant`` (elementwise): hw/requant.py's requantizer, one lane per element of a beat;
+* ``add``: hw/add.py; ``argmax``: hw/argmax.py.
+
+:class:`AcceleratorTop` puts AXI-Stream ports around the graph (DESIGN.md's packing): a
+beat carries ``in_elems`` consecutive input elements, element ``i`` in bits
+``[i*w, (i+1)*w)``, the beat padded to a multiple of 8 bits; the output likewise, with
+``m_axis_tlast`` on a frame's last beat. Frames have a fixed length, so ``s_axis_tlast``
+is accepted and ignored.
+"""
+from __future__ import annotations
+
+import math
+
+from amaranth.hdl import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from accumulus.compiler.plan import Plan
+from accumulus.compiler.types import IntType
+
+from .add import AddSpec
+from .argmax import ArgMaxSpec
+from .fifo import Fork, StreamFIFO, beat_layout, beat_signature
+from .pool import PoolSpec
+from .swg import SWGSpec
+from .width import WidthConverter
+
+__all__ = ["EngineSpec", "Engine", "GraphSpec", "AcceleratorTop", "POLICIES", "check_policy"]
+
+
+def check_policy(acc_policy: str) -> str:
+    """Validate ``exact | datatype | fixed:K | exact-minus:D``; ValueError naming it."""
+    if not isinstance(acc_policy, str):
+        raise TypeError(f"acc_policy must be a string, got {acc_policy!r}")
+    if acc_policy in ("exact", "datatype"):
+        return acc_policy
+    head, _, arg = acc_policy.partition(":")
+    if head in ("fixed", "exact-minus") and arg.isdigit() and (int(arg) >= 1 or head == "exact-minus"):
+        return acc_policy
+    raise ValueError(f"acc_policy must be exact, datatype, fixed:K or exact-minus:D (K, D integers), got {acc_policy!r}")
+
+
+POLICIES = ("exact", "datatype", "fixed:K", "exact-minus:D")
+
+
+def _raw(payload):
+    return payload.as_value() if hasattr(payload, "as_value") else payload
+
+
+def _prod(xs):
+    out = 1
+    for x in xs:
+        out *= int(x)
+    return out
+
+
+class EngineSpec:
+    """One plan layer's engine: its stream ports, rates and the pieces it is built from.
+
+    Parameters
+    ----------
+    plan : Plan
+    layer : dict
+        One of ``plan.layers``.
+    acc_policy : str
+        ``exact | datatype | fixed:K | exact-minus:D`` (MAC layers).
+    in_elems : int or None
+        Elements per beat the producer of the (first) input delivers; engines without a
+        folding of their own (pool, requant, add, argmax) adopt it when it divides their
+        channels. None: the engine's own preference.
+    """
+
+    def __init__(self, plan: Plan, layer: dict, acc_policy: str = "exact", in_elems: int | None = None):
+        if not isinstance(plan, Plan):
+            raise TypeError(f"plan must be a Plan, got {plan!r}")
+        if not isinstance(layer, dict) or "kind" not in layer:
+            raise TypeError(f"layer must be a plan layer dict, got {layer!r}")
+        self.plan, self.layer, self.name, self.kind = plan, layer, layer["name"], layer["kind"]
+        self.acc_policy = check_policy(acc_policy)
+        self.in_type = plan.tensor_type(layer["inputs"][0])
+        self.out_type = plan.tensor_type(layer["output"])
+        in_shape = plan.tensor_shape(layer["inputs"][0])
+        out_shape = plan.tensor_shape(layer["output"])
+        self.in_frame = _prod(in_shape)
+        self.out_frame = _prod(out_shape)
+        channels_in = in_shape[-1]
+        self.swg = self.mvu = self.pool = self.requant = self.add = self.argmax = None
+        self.mid_elems = None
+        kind = self.kind
+
+        def adopt(channels):
+            e = in_elems or 1
+            return e if channels % e == 0 else math.gcd(e, channels)
+
+        if kind in ("matvec", "conv"):
+            from .mvu import MVUSpec  # the other engines do not need the array
+
+            if layer.get("conv") and layer["conv"].get("groups", 1) != 1:
+                raise ValueError(f"layer '{self.name}': grouped convolution (groups={layer['conv']['groups']}) "
+                                 "is not built yet; use groups=1")
+            self.mvu = MVUSpec(plan, layer, acc_policy)
+            simd = self.mvu.in_elems
+            self.out_elems = self.mvu.out_elems
+            if kind == "conv":
+                conv = layer["conv"]
+                c = conv["in_shape"][2]
+                self.in_elems = simd if c % simd == 0 else math.gcd(simd, c)
+                self.swg = SWGSpec(conv["in_shape"], conv["kernel"], conv["stride"], conv["pads"],
+                                   conv.get("dilation", [1, 1]), pad_value=conv["pad_value"],
+                                   elem=self.in_type, simd=self.in_elems)
+                self.mid_elems = simd
+                self.pixels = conv["out_shape"][0] * conv["out_shape"][1]
+            else:
+                self.in_elems = simd
+                self.pixels = 1
+        elif kind in ("maxpool", "avgpool"):
+            self.in_elems = adopt(channels_in)
+            self.pool = PoolSpec("max" if kind == "maxpool" else "avg", layer["in_shape"], layer["kernel"],
+                                 layer["stride"], layer["pads"], elem=self.in_type, simd=self.in_elems,
+                                 pad_value=layer.get("pad_value") if kind == "avgpool" else None)
+            if tuple(self.pool.out_shape) != tuple(out_shape) and kind == "maxpool":
+                raise ValueError(f"layer '{self.name}': pool output {self.pool.out_shape} differs from the plan's {out_shape}")
+            self.out_elems = self.in_elems
+            if kind == "avgpool":
+                self._make_requant(layer["requant"], self.pool.out_type, self.in_elems)
+        elif kind == "requant":
+            self.in_elems = self.out_elems = adopt(channels_in)
+            self._make_requant(layer["requant"], self.in_type, self.in_elems)
+        elif kind == "add":
+            self.in_elems = self.out_elems = adopt(channels_in)
+            self.b_type = plan.tensor_type(layer["inputs"][1])
+            self.add = AddSpec(self.in_type, self.b_type, layer["align"], self.out_type, self.in_elems)
+        elif kind == "argmax":
+            self.in_elems = adopt(self.in_frame)
+            self.argmax = ArgMaxSpec(self.in_type, self.in_frame, self.in_elems, self.out_type.bits)
+            self.out_elems = 1
+        else:
+            raise ValueError(f"layer '{self.name}': unknown layer kind '{kind}'")
+
+    def _make_requant(self, requant, acc_type: IntType, elems: int):
+        from .requant import RequantSpec
+
+        channels = self.plan.tensor_shape(self.layer["output"])[-1]
+        self.requant_in_type = acc_type
+        self.requant = RequantSpec(self.plan, requant, elems, [acc_type.twos_complement_bits] * elems,
+                                   channel_order=None, search="parallel", name=self.name)
+        if self.requant.channels != channels:
+            raise ValueError(f"layer '{self.name}': requant has {self.requant.channels} channels, the tensor {channels}")
+
+    # -- rates ----------------------------------------------------------------------------
+    @property
+    def in_beats(self) -> int:
+        return self.in_frame // self.in_elems
+
+    @property
+    def out_beats(self) -> int:
+        return self.out_frame // self.out_elems
+
+    @property
+    def cycles_per_frame(self) -> int:
+        """Steady-state cycles per frame of this engine alone (input every cycle, no stalls)."""
+        parts = [self.in_beats, self.out_beats]
+        if self.mvu is not None:
+            parts.append(self.mvu.cycles_per_frame * self.pixels)
+        if self.swg is not None:
+            parts.append(self.swg.cycles_per_frame)
+        if self.pool is not None:
+            parts.append(self.pool.cycles_per_frame)
+        if self.requant is not None:
+            parts.append(self.requant.cycles_per_beat * self.out_beats)
+        return max(parts)
+
+    @property
+    def latency(self) -> int:
+        """Cycles from the first input beat to the first output beat (input every cycle)."""
+        lat = 0
+        if self.swg is not None:
+            lat += self.swg.latency + 1
+        if self.mvu is not None:
+            lat += self.mvu.latency
+        if self.pool is not None:
+            lat += self.pool.latency
+        if self.requant is not None:
+            lat += self.requant.latency
+        if self.add is not None:
+            lat += self.add.latency
+        if self.argmax is not None:
+            lat += self.in_beats + self.argmax.latency - 1
+        return lat
+
+    @property
+    def module_name(self) -> str:
+        safe = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in self.name)
+        return f"layer_{safe}"
+
+    def info(self) -> dict:
+        """The layer's entry in build.json."""
+        d = {
+            "layer": self.name, "kind": self.kind, "module": self.module_name,
+            "file": f"layers/{self.module_name}.v",
+            "in": {"elems_per_beat": self.in_elems, "elem_bits": self.in_type.bits, "signed": self.in_type.signed,
+                   "beats_per_frame": self.in_beats},
+            "out": {"elems_per_beat": self.out_elems, "elem_bits": self.out_type.bits, "signed": self.out_type.signed,
+                    "beats_per_frame": self.out_beats},
+            "latency": self.latency,
+            "cycles_per_frame": self.cycles_per_frame,
+            "plan_cycles_per_frame": self.layer.get("cycles_per_frame"),
+        }
+        if self.kind == "add":
+            d["in_b"] = {"elems_per_beat": self.in_elems, "elem_bits": self.b_type.bits, "signed": self.b_type.signed}
+        if self.mvu is not None:
+            fold = self.layer["folding"]
+            d.update({
+                "pe": fold["pe"], "simd": fold["simd"],
+                "acc_bits": [int(b) for b in self.mvu.acc_bits],
+                "plan_pe_acc_bits": [int(b) for b in fold["pe_acc_bits"]],
+                "channel_order": [int(c) for c in fold["channel_order"]],
+                "threshold_bits": _jsonable(getattr(self.mvu, "threshold_bits", None)),
+                "tree_bits": _jsonable(getattr(self.mvu, "tree_bits", None)),
+                "mvu_latency": self.mvu.latency,
+            })
+        if self.swg is not None:
+            d["swg"] = {"line_buffer_rows": self.swg.rows, "buffer_words": self.swg.buffer_words,
+                        "elems_per_word": self.swg.simd}
+        if self.requant is not None:
+            d["requant"] = {"kind": self.requant.kind, "search": self.requant.search}
+        return d
+
+    def create(self) -> "Engine":
+        return Engine(self)
+
+
+def _jsonable(v):
+    if v is None:
+        return None
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+class Engine(wiring.Component):
+    """A layer engine of an :class:`EngineSpec`.
+
+    Members
+    -------
+    i : ``In(beat_signature(in_type, in_elems))`` (``a`` and ``b`` for an ``add``)
+    o : ``Out(beat_signature(out_type, out_elems))``
+    """
+
+    def __init__(self, spec: EngineSpec):
+        if not isinstance(spec, EngineSpec):
+            raise TypeError(f"spec must be an EngineSpec, got {spec!r}")
+        self.spec = spec
+        members = {}
+        if spec.kind == "add":
+            members["a"] = In(beat_signature(spec.in_type, spec.in_elems))
+            members["b"] = In(beat_signature(spec.b_type, spec.in_elems))
+        else:
+            members["i"] = In(beat_signature(spec.in_type, spec.in_elems))
+        members["o"] = Out(beat_signature(spec.out_type, spec.out_elems))
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        s = self.spec
+        if s.kind == "add":
+            m.submodules.add = add = s.add.create()
+            wiring.connect(m, wiring.flipped(self.a), add.a)
+            wiring.connect(m, wiring.flipped(self.b), add.b)
+            wiring.connect(m, add.o, wiring.flipped(self.o))
+            return m
+        if s.kind == "argmax":
+            m.submodules.argmax = am = s.argmax.create()
+            wiring.connect(m, wiring.flipped(self.i), am.i)
+            _join(m, am.o, self.o)
+            return m
+        src = self.i
+        if s.swg is not None:
+            m.submodules.swg = swg = s.swg.create()
+            wiring.connect(m, wiring.flipped(self.i), swg.i)
+            src = swg.o
+            if s.mid_elems != s.in_elems:
+                m.submodules.widen = wc = WidthConverter(s.in_type, s.in_elems, s.mid_elems)
+                wiring.connect(m, src, wc.i)
+                src = wc.o
+        if s.mvu is not None:
+            m.submodules.mvu = mvu = s.mvu.create()
+            _join(m, src, mvu.i)
+            _join(m, mvu.o, self.o)
+            return m
+        if s.pool is not None:
+            m.submodules.pool = pool = s.pool.create()
+            _join(m, src, pool.i)
+            src = pool.o
+        if s.requant is not None:
+            m.submodules.requant = rq = s.requant.create()
+            # Each element widened to the requantizer's lane width (sign or zero extension).
+            m.d.comb += [rq.i.valid.eq(src.valid), src.ready.eq(rq.i.ready)]
+            for e in range(s.out_elems):
+                m.d.comb += rq.i.payload[e].eq(src.payload[e])
+            src = rq.o
+        _join(m, src, self.o)
+        return m
+
+
+def _join(m, src, dst):
+    """Connect two streams whose payloads have the same bits but maybe different shapes."""
+    m.d.comb += [dst.valid.eq(src.valid), src.ready.eq(dst.ready), _raw(dst.payload).eq(_raw(src.payload))]
+
+
+class GraphSpec:
+    """Every engine of a plan, the streams between them and the top's packing.
+
+    Parameters
+    ----------
+    plan : Plan
+    acc_policy : str
+    """
+
+    def __init__(self, plan: Plan, acc_policy: str = "exact"):
+        if not isinstance(plan, Plan):
+            raise TypeError(f"plan must be a Plan, got {plan!r}")
+        self.plan = plan
+        self.acc_policy = check_policy(acc_policy)
+        produced = {plan.input_name: None}
+        self.engines: list[EngineSpec] = []
+        elems = {plan.input_name: None}
+        for layer in plan.layers:
+            for t in layer["inputs"]:
+                if t not in produced:
+                    raise ValueError(f"layer '{layer['name']}' reads tensor '{t}' before any layer writes it")
+            spec = EngineSpec(plan, layer, acc_policy, in_elems=elems[layer["inputs"][0]])
+            self.engines.append(spec)
+            produced[layer["output"]] = spec
+            elems[layer["output"]] = spec.out_elems
+        first = self.engines[0]
+        if plan.output_name not in produced or produced[plan.output_name] is None:
+            raise ValueError(f"plan output '{plan.output_name}' is not written by any layer")
+        self.in_type = plan.tensor_type(plan.input_name)
+        self.in_frame = _prod(plan.tensor_shape(plan.input_name))
+        self.in_elems = self._first_elems(first)
+        last = produced[plan.output_name]
+        self.out_type = last.out_type
+        self.out_elems = last.out_elems
+        self.out_frame = last.out_frame
+        self.producers = produced
+
+    def _first_elems(self, first):
+        # DESIGN.md: an input beat carries SIMD consecutive elements of the first layer's input.
+        readers = [e for e in self.engines if self.plan.input_name in e.layer["inputs"]]
+        return readers[0].in_elems if readers else first.in_elems
+
+    @property
+    def in_beats(self) -> int:
+        return self.in_frame // self.in_elems
+
+    @property
+    def out_beats(self) -> int:
+        return self.out_frame // self.out_elems
+
+    @property
+    def in_bits(self) -> int:
+        """s_axis_tdata width: the packed elements, padded to a multiple of 8."""
+        return -(-self.in_elems * self.in_type.bits // 8) * 8
+
+    @property
+    def out_bits(self) -> int:
+        return -(-self.out_elems * self.out_type.bits // 8) * 8
+
+    @property
+    def cycles_per_frame(self) -> int:
+        return max([e.cycles_per_frame for e in self.engines] + [self.in_beats, self.out_beats])
+
+    @property
+    def latency(self) -> int:
+        """Sum of engine latencies along the longest path (an estimate: FIFOs add a cycle or two)."""
+        lat = {self.plan.input_name: 0}
+        for e in self.engines:
+            lat[e.layer["output"]] = max(lat[t] for t in e.layer["inputs"]) + e.latency
+        return lat[self.plan.output_name]
+
+    def packing(self) -> dict:
+        return {
+            "input": {"tensor": self.plan.input_name, "elems_per_beat": self.in_elems, "elem_bits": self.in_type.bits,
+                      "signed": self.in_type.signed, "beat_bytes": self.in_bits // 8, "beats_per_frame": self.in_beats},
+            "output": {"tensor": self.plan.output_name, "kind": self.plan.doc["output"]["kind"],
+                       "elems_per_beat": self.out_elems, "elem_bits": self.out_type.bits,
+                       "signed": self.out_type.signed, "beat_bytes": self.out_bits // 8,
+                       "beats_per_frame": self.out_beats},
+        }
+
+    def create(self) -> "AcceleratorTop":
+        return AcceleratorTop(self)
+
+
+class Graph(wiring.Component):
+    """The engines of a :class:`GraphSpec` joined by streams: ``i`` (input tensor), ``o`` (output)."""
+
+    def __init__(self, spec: GraphSpec):
+        self.spec = spec
+        super().__init__({"i": In(beat_signature(spec.in_type, spec.in_elems)),
+                          "o": Out(beat_signature(spec.out_type, spec.out_elems))})
+
+    def elaborate(self, platform):
+        m = Module()
+        s = self.spec
+        plan = s.plan
+        # tensor -> list of (stream, elems, type) still to hand out, one per consumer
+        readers = {}
+        for e in s.engines:
+            for t in e.layer["inputs"]:
+                readers[t] = readers.get(t, 0) + 1
+        readers[plan.output_name] = readers.get(plan.output_name, 0) + 1
+        available = {}
+
+        def publish(tensor, stream, elems, itype):
+            n = readers.get(tensor, 0)
+            if n == 0:
+                m.d.comb += stream.ready.eq(1)  # an unused tensor is drained
+                return
+            if n == 1:
+                available[tensor] = [(stream, elems, itype, False)]
+                return
+            fork = Fork(beat_layout(itype, elems), n)
+            m.submodules[f"fork_{_safe(tensor)}"] = fork
+            wiring.connect(m, stream, fork.i)
+            available[tensor] = [(o, elems, itype, True) for o in fork.outputs]
+
+        def take(tensor, want_elems, name, skip_ok=False):
+            stream, elems, itype, forked = available[tensor].pop(0)
+            if elems != want_elems:
+                wc = WidthConverter(itype, elems, want_elems)
+                m.submodules[f"wc_{name}"] = wc
+                wiring.connect(m, stream, wc.i)
+                stream = wc.o
+            if forked and skip_ok:
+                # The skip branch of a residual block waits here for the main branch.
+                depth = _prod(plan.tensor_shape(tensor)) // want_elems + 2
+                q = StreamFIFO(beat_layout(itype, want_elems), depth)
+                m.submodules[f"skip_{name}"] = q
+                wiring.connect(m, stream, q.i)
+                stream = q.o
+            return stream
+
+        publish(plan.input_name, wiring.flipped(self.i), s.in_elems, s.in_type)
+        for e in s.engines:
+            eng = e.create()
+            m.submodules[e.module_name] = eng
+            if e.kind == "add":
+                for port, t in zip((eng.a, eng.b), e.layer["inputs"]):
+                    wiring.connect(m, take(t, e.in_elems, f"{e.module_name}_{port is eng.b and 'b' or 'a'}",
+                                           skip_ok=True), port)
+            else:
+                wiring.connect(m, take(e.layer["inputs"][0], e.in_elems, e.module_name), eng.i)
+            publish(e.layer["output"], eng.o, e.out_elems, e.out_type)
+        out = take(plan.output_name, s.out_elems, "out")
+        wiring.connect(m, out, wiring.flipped(self.o))
+        return m
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
+
+
+class AcceleratorTop(wiring.Component):
+    """The accelerator with AXI-Stream ports (DESIGN.md packing); ``clk``/``rst`` are the
+    sync domain's.
+
+    Members
+    -------
+    s_axis_tdata : ``In(in_bits)``
+    s_axis_tvalid, s_axis_tlast : ``In(1)``
+    s_axis_tready : ``Out(1)``
+    m_axis_tdata : ``Out(out_bits)``
+    m_axis_tvalid, m_axis_tlast : ``Out(1)``
+    m_axis_tready : ``In(1)``
+    """
+
+    def __init__(self, spec: GraphSpec):
+        if not isinstance(spec, GraphSpec):
+            raise TypeError(f"spec must be a GraphSpec, got {spec!r}")
+        self.spec = spec
+        super().__init__({
+            "s_axis_tdata": In(spec.in_bits), "s_axis_tvalid": In(1), "s_axis_tready": Out(1), "s_axis_tlast": In(1),
+            "m_axis_tdata": Out(spec.out_bits), "m_axis_tvalid": Out(1), "m_axis_tready": In(1),
+            "m_axis_tlast": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        s = self.spec
+        m.submodules.graph = g = Graph(s)
+        in_w = s.in_elems * s.in_type.bits
+        out_w = s.out_elems * s.out_type.bits
+        beat = Signal(range(max(2, s.out_beats)))
+        last = beat == s.out_beats - 1
+        m.d.comb += [
+            _raw(g.i.payload).eq(self.s_axis_tdata[:in_w]),
+            g.i.valid.eq(self.s_axis_tvalid),
+            self.s_axis_tready.eq(g.i.ready),
+            self.m_axis_tdata.eq(_raw(g.o.payload)[:out_w]),
+            self.m_axis_tvalid.eq(g.o.valid),
+            g.o.ready.eq(self.m_axis_tready),
+            self.m_axis_tlast.eq(last),
+        ]
+        with m.If(g.o.valid & g.o.ready):
+            m.d.sync += beat.eq(0 if s.out_beats == 1 else beat + 1)
+            with m.If(last):
+                m.d.sync += beat.eq(0)
+        return m
