@@ -124,6 +124,7 @@ def harness_build_plan(board: Board, files: dict[str, str], params: dict, *, dsp
         if board.family == "ecp5" and not dsp:
             kwargs["synth_opts"] = "-nodsp"
         kwargs["script_after_synth"] = "tee -q -o stat.json stat -json"
+        kwargs["script_after_read"] = "proc\nsplitnets"   # Yosys issue 4349, see synth.py
     return platform.build(top, name=name, do_build=False, **kwargs)
 
 

@@ -132,6 +132,10 @@ def synth_script(job: SynthJob) -> str:
     # its own temporary directory, so only paths relative to the working directory are safe.
     lines = [f"read_verilog -sv src/{Path(s).name}" for s in job.sources]
     lines.append(f"hierarchy -check -top {job.top}")
+    # Yosys issue 4349: ABC9 reintegration asserts on some Amaranth netlists ("count_id(wire->name)
+    # == 0"); splitting multi-bit nets first avoids it and does not change the mapping.
+    lines.append("proc")
+    lines.append("splitnets")
     lines.append(f"{SYNTH[job.family]} {' '.join(job.synth_options)}")
     lines.append("tee -q -o stat.json stat -json")
     if job.netlist:
