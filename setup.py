@@ -20,7 +20,7 @@ setup(
     packages=packages,
     package_dir=package_dir,
     package_data={
-        "accumulus.compiler": ["schema/*.json"],
+        "accumulus.compiler": ["schema/*.json", "*.json"],
         "accumulus.boards": ["data/*.json"],
     },
     include_package_data=True,

@@ -1,0 +1,61 @@
+"""Analytic resource model (numpy only) that the compiler's folding uses.
+
+Per MAC layer with ``PE`` output lanes of ``SIMD`` products each:
+  LUT = lanes·(w_bits·x_bits·lut_per_mac_bit + adder_bits·lut_per_adder_bit)
+        + Σ_PE acc_bits·lut_per_acc_bit + Σ_PE threshold_bits·lut_per_threshold_bit + lut_per_layer
+  FF  = Σ_PE acc_bits·ff_per_acc_bit + lanes·x_bits·ff_per_lane_bit + ff_per_layer
+  DSP = lanes whose product is at least ``dsp_min_product_bits`` wide (0 = never)
+  BRAM bits = weights (N·K·w_bits) + thresholds (N·T·threshold_bits)
+where ``adder_bits`` is the product width plus log2(SIMD) (a width-aware adder tree).
+Coefficients are data (``cost_coefficients.json``), one table per FPGA family; the board
+calibration in ``boards/`` rewrites that file from Yosys runs.
+"""
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+
+__all__ = ["load_coefficients", "mac_layer_cost", "stream_layer_cost", "total", "RESOURCES"]
+
+RESOURCES = ("lut", "ff", "dsp", "bram_bits")
+
+
+def load_coefficients(family: str | None = None, path=None) -> dict:
+    """The coefficient table of ``family`` (falls back to ``default``)."""
+    if path is None:
+        text = resources.files("accumulus.compiler").joinpath("cost_coefficients.json").read_text()
+    else:
+        text = open(path).read()
+    fams = json.loads(text)["families"]
+    return dict(fams.get(family or "default", fams["default"]))
+
+
+def mac_layer_cost(w_bits: int, x_bits: int, channels: int, fan_in: int, pe: int, simd: int,
+                   pe_acc_bits, threshold_levels: int, threshold_bits: int, coeff: dict) -> dict:
+    lanes = pe * simd
+    product = w_bits + x_bits
+    adder_bits = product + math.ceil(math.log2(simd)) if simd > 1 else 0
+    acc = float(sum(pe_acc_bits))
+    lut = (lanes * (w_bits * x_bits * coeff["lut_per_mac_bit"] + adder_bits * coeff["lut_per_adder_bit"])
+           + acc * coeff["lut_per_acc_bit"] + pe * threshold_bits * coeff["lut_per_threshold_bit"]
+           + coeff["lut_per_layer"])
+    ff = acc * coeff["ff_per_acc_bit"] + lanes * x_bits * coeff["ff_per_lane_bit"] + coeff["ff_per_layer"]
+    dsp_min = coeff.get("dsp_min_product_bits", 0)
+    dsp = lanes if dsp_min and product >= dsp_min else 0
+    bram = channels * fan_in * w_bits + channels * threshold_levels * threshold_bits
+    return {"lut": lut, "ff": ff, "dsp": dsp, "bram_bits": bram}
+
+
+def stream_layer_cost(elem_bits: int, coeff: dict) -> dict:
+    """An elementwise/pooling layer processing one element per cycle."""
+    return {"lut": elem_bits * coeff["lut_per_stream_bit"] + coeff["lut_per_layer"],
+            "ff": elem_bits * 2 + coeff["ff_per_layer"], "dsp": 0, "bram_bits": 0}
+
+
+def total(costs) -> dict:
+    out = {k: 0.0 for k in RESOURCES}
+    for c in costs:
+        for k in RESOURCES:
+            out[k] += c[k]
+    return out

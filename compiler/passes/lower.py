@@ -1,0 +1,1157 @@
+"""Pass ``lower``: ONNX-level :class:`Graph` -> integer :class:`IntGraph`.
+
+requires: a verified front-end Graph (supported ops only, shapes known, constants folded).
+ensures:  an IntGraph whose MAC layers hold integer weights ``w_q - z_w`` in stream order,
+          whose requantizations are exact thresholds derived in rational arithmetic, and
+          whose output block says how to get the ONNX output back (dequant + trailing ops).
+
+Every ONNX tensor is tracked symbolically as one of
+  * ``Const``   -- a constant array;
+  * ``QConst``  -- a quantized constant (weights): integer codes + scale/zero point;
+  * ``Raw``     -- the float graph input (before its quantizer), with its layout;
+  * ``Val``     -- ``chain(code)`` where ``code`` is an integer plan tensor, read through a
+                   layout index (``onnx.flat = plan.flat[idx]``) so that Flatten/Reshape/
+                   Transpose/Squeeze/Unsqueeze are pure index bookkeeping, and ``chain``
+                   is the per-channel sequence of float ops (affine, ReLU, Clip) applied
+                   since the last quantizer.
+A quantizer on a ``Val`` becomes a requant layer; MatMul/Gemm/Conv become MAC layers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+from accumulus.errors import UserError
+
+from ..accumulators import exact_range
+from ..frontend.shapes import conv_geometry, pool_geometry
+from ..ir import Graph, IntGraph, IntKind, IntLayer, IntTensor, Node, Op
+from ..types import IntType, signed_bits
+from .quantizers import (Affine, Clip, Quantizer, Relu, chain_append, chain_direction, derive_thresholds, frac,
+                         is_linear, linear_of)
+
+__all__ = ["lower", "MAX_THRESHOLD_LEVELS"]
+
+MAX_THRESHOLD_LEVELS = 4096
+
+
+@dataclass(frozen=True)
+class Const:
+    value: np.ndarray
+
+
+@dataclass(frozen=True)
+class QConst:
+    codes: np.ndarray          # integer codes, the constant's own shape
+    scale: np.ndarray          # broadcastable to codes
+    zero_point: np.ndarray
+    type: IntType
+    value: np.ndarray          # the ONNX value (float dequantized, or the codes themselves)
+
+
+@dataclass(frozen=True)
+class Raw:
+    idx: np.ndarray            # onnx shape without batch -> flat index into the plan input
+    chain: tuple = ()
+
+
+@dataclass(frozen=True)
+class Val:
+    src: str
+    idx: np.ndarray
+    chain: tuple = ()
+
+
+class _Lowering:
+    def __init__(self, g: Graph):
+        self.g = g
+        self.env: dict[str, object] = {k: Const(np.asarray(v)) for k, v in g.constants.items()}
+        self.tensors: dict[str, IntTensor] = {}
+        self.layers: list[IntLayer] = []
+        self.ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}   # per-channel code range
+        self.notes: list[str] = []
+        self.input_spec: dict | None = None
+        self.trailing: list = []
+        self.output_override = None
+        self.names: set[str] = set()
+
+    # -- helpers ----------------------------------------------------------------------------
+    def err(self, node: Node, msg: str):
+        raise UserError(f"{node.op.value} '{node.name}': {msg}")
+
+    def uniq(self, base: str) -> str:
+        base = base.replace("/", "_").replace(":", "_") or "t"
+        name, k = base, 1
+        while name in self.names or name in self.tensors:
+            k += 1
+            name = f"{base}_{k}"
+        self.names.add(name)
+        return name
+
+    def channels(self, tensor: str) -> int:
+        return self.tensors[tensor].shape[-1]
+
+    def add_tensor(self, name, shape, itype, lo, hi, scale=(1.0,), zp=(0.0,)):
+        self.tensors[name] = IntTensor(tuple(int(s) for s in shape), itype, tuple(scale), tuple(zp))
+        self.ranges[name] = (np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64))
+
+    def per_channel(self, node: Node, v: Val, const, what: str) -> tuple[Fraction, ...]:
+        """Broadcast a constant over the ONNX tensor and reduce it to one value per plan channel."""
+        arr = np.asarray(const, dtype=np.float64)
+        full_shape = (1,) + v.idx.shape
+        try:
+            b = np.broadcast_to(arr, np.broadcast_shapes(arr.shape, full_shape))
+        except ValueError:
+            self.err(node, f"{what} of shape {arr.shape} does not broadcast to {full_shape}")
+        if b.shape != full_shape:
+            self.err(node, f"{what} of shape {arr.shape} changes the tensor shape {full_shape}")
+        C = self.channels(v.src)
+        size = int(np.prod(self.tensors[v.src].shape))
+        if v.idx.size != size:
+            self.err(node, "operates on a partial view of a tensor (unsupported)")
+        plan = np.empty(size)
+        plan[v.idx.reshape(-1)] = b.reshape(-1)
+        plan = plan.reshape(-1, C)
+        if not np.all(plan == plan[:1]):
+            self.err(node, f"{what} varies inside a channel; only per-tensor or per-channel constants are supported")
+        return tuple(frac(x) for x in plan[0])
+
+    def const_of(self, node: Node, name: str, what: str) -> np.ndarray:
+        v = self.env.get(name)
+        if isinstance(v, Const):
+            return v.value
+        if isinstance(v, QConst):
+            return v.value
+        self.err(node, f"{what} '{name}' must be a constant")
+
+    # -- node dispatch ---------------------------------------------------------------------
+    def run(self):
+        g = self.g
+        inp = g.inputs[0]
+        shape = g.shapes[inp][1:]
+        if len(shape) == 3:
+            c, h, w = shape
+            idx = np.arange(h * w * c).reshape(h, w, c).transpose(2, 0, 1)
+            plan_shape = (h, w, c)
+        else:
+            idx = np.arange(int(np.prod(shape, dtype=np.int64))).reshape(shape)
+            plan_shape = (int(np.prod(shape, dtype=np.int64)),) if len(shape) != 1 else tuple(shape)
+            if len(shape) > 1:
+                plan_shape = tuple(shape)
+        self.plan_input_shape = plan_shape
+        self.env[inp] = Raw(idx)
+        for node in g.nodes:
+            handler = getattr(self, "op_" + node.op.name.lower())
+            outs = handler(node)
+            if not isinstance(outs, (list, tuple)):
+                outs = [outs]
+            for name, val in zip(node.outputs, outs):
+                if name:
+                    self.env[name] = val
+        if self.input_spec is None:
+            raise UserError(f"{g.source}: the data input '{inp}' is never quantized (no Quant/QuantizeLinear/"
+                            "MultiThreshold on it); accumulus needs an integer input")
+        return self.finish()
+
+    # layout ----------------------------------------------------------------------------------
+    def _layout(self, node: Node, fn):
+        x = self.env[node.inputs[0]]
+        if isinstance(x, Const):
+            return Const(fn(np.asarray(x.value)))
+        if isinstance(x, QConst):
+            shape = np.shape(x.codes)
+            return QConst(fn(x.codes), fn(np.broadcast_to(x.scale, shape)), fn(np.broadcast_to(x.zero_point, shape)),
+                          x.type, fn(np.asarray(x.value)))
+        full = fn(x.idx[None])
+        if full.shape[0] != 1:
+            self.err(node, f"moves the batch axis (result shape {full.shape}); unsupported")
+        return type(x)(**{**x.__dict__, "idx": full[0]})
+
+    def op_identity(self, node):
+        return self.env[node.inputs[0]]
+
+    def op_flatten(self, node):
+        axis = node.attr("axis", 1)
+        def f(a):
+            ax = axis + a.ndim if axis < 0 else axis
+            return a.reshape(int(np.prod(a.shape[:ax], dtype=np.int64)), -1)
+        return self._layout(node, f)
+
+    def op_reshape(self, node):
+        target = [int(v) for v in np.asarray(self.const_of(node, node.inputs[1], "shape")).reshape(-1)]
+        def f(a):
+            t = [a.shape[i] if v == 0 and not node.attr("allowzero", 0) else v for i, v in enumerate(target)]
+            if t and t[0] not in (1, -1):
+                t = [1] + t if int(np.prod([d for d in t if d > 0])) == a.size and -1 not in t else t
+            return a.reshape(t)
+        return self._layout(node, f)
+
+    def op_transpose(self, node):
+        perm = node.attr("perm")
+        return self._layout(node, lambda a: a.transpose(perm) if perm is not None else a.transpose())
+
+    def _axes(self, node):
+        axes = node.attr("axes")
+        if axes is None and len(node.inputs) > 1 and node.inputs[1]:
+            axes = [int(v) for v in np.asarray(self.const_of(node, node.inputs[1], "axes")).reshape(-1)]
+        return axes
+
+    def op_squeeze(self, node):
+        axes = self._axes(node)
+        def f(a):
+            if axes is None:
+                keep = [0] + [i for i in range(1, a.ndim) if a.shape[i] != 1]
+                return a.reshape([a.shape[i] for i in keep])
+            return np.squeeze(a, axis=tuple(axes))
+        return self._layout(node, f)
+
+    def op_unsqueeze(self, node):
+        axes = self._axes(node)
+        return self._layout(node, lambda a: np.expand_dims(a, tuple(axes)))
+
+    # elementwise float ops ---------------------------------------------------------------------
+    def _affine(self, node, x, mul, add):
+        """x * mul + add with constants mul/add (None = 1/0)."""
+        if isinstance(x, Raw):
+            m = 1.0 if mul is None else np.asarray(mul, dtype=np.float64)
+            a = 0.0 if add is None else np.asarray(add, dtype=np.float64)
+            if np.size(m) != 1 or np.size(a) != 1:
+                self.err(node, "only scalar arithmetic is supported before the input quantizer")
+            return Raw(x.idx, chain_append(x.chain, Affine((frac(np.ravel(m)[0]),), (frac(np.ravel(a)[0]),))))
+        if not isinstance(x, Val):
+            self.err(node, "unsupported operand")
+        C = self.channels(x.src)
+        one, zero = (Fraction(1),) * C, (Fraction(0),) * C
+        a = one if mul is None else self.per_channel(node, x, mul, "multiplier")
+        b = zero if add is None else self.per_channel(node, x, add, "addend")
+        return Val(x.src, x.idx, chain_append(x.chain, Affine(a, b)))
+
+    def _binary(self, node):
+        a, b = (self.env[i] for i in node.inputs[:2])
+        a_c, b_c = isinstance(a, (Const, QConst)), isinstance(b, (Const, QConst))
+        if a_c and b_c:
+            self.err(node, "constant arithmetic that was not folded")
+        return a, b, a_c, b_c
+
+    def op_add(self, node):
+        a, b, a_c, b_c = self._binary(node)
+        if a_c or b_c:
+            x, c = (b, a) if a_c else (a, b)
+            return self._affine(node, x, None, c.value)
+        return self.residual(node, a, b, 1)
+
+    def op_sub(self, node):
+        a, b, a_c, b_c = self._binary(node)
+        if b_c:
+            return self._affine(node, a, None, -np.asarray(b.value, dtype=np.float64))
+        if a_c:
+            return self._affine(node, b, -1.0, a.value)
+        return self.residual(node, a, b, -1)
+
+    def op_mul(self, node):
+        a, b, a_c, b_c = self._binary(node)
+        if not (a_c or b_c):
+            self.err(node, "multiplies two non-constant tensors; only products with constants are supported")
+        x, c = (b, a) if a_c else (a, b)
+        return self._affine(node, x, c.value, None)
+
+    def op_div(self, node):
+        a, b, a_c, b_c = self._binary(node)
+        if not b_c:
+            self.err(node, "divides by a non-constant tensor; only division by constants is supported")
+        d = np.asarray(b.value, dtype=np.float64)
+        if np.any(d == 0):
+            self.err(node, "divides by zero")
+        x = a
+        if isinstance(x, Raw):
+            return self._affine(node, x, 1.0 / d, None)
+        C = self.channels(x.src)
+        dv = self.per_channel(node, x, d, "divisor")
+        return Val(x.src, x.idx, chain_append(x.chain, Affine(tuple(1 / v for v in dv), (Fraction(0),) * C)))
+
+    def op_batchnormalization(self, node):
+        x = self.env[node.inputs[0]]
+        if not isinstance(x, Val):
+            self.err(node, "batch-norm needs a quantized input")
+        gamma, beta, mean, var = (np.asarray(self.const_of(node, i, "parameter"), dtype=np.float32)
+                                  for i in node.inputs[1:5])
+        eps = np.float32(node.attr("epsilon", 1e-5))
+        # the reference computes sqrt(var + eps) in float32: take that float32 value exactly
+        std = np.sqrt(var + eps).astype(np.float32)
+        shape = [1] * (x.idx.ndim + 1)
+        shape[1] = -1
+        C = self.channels(x.src)
+        g_ = self.per_channel(node, x, gamma.reshape(shape), "gamma")
+        s_ = self.per_channel(node, x, std.reshape(shape), "std")
+        m_ = self.per_channel(node, x, mean.reshape(shape), "mean")
+        b_ = self.per_channel(node, x, beta.reshape(shape), "beta")
+        a = tuple(g / s for g, s in zip(g_, s_))
+        b = tuple(bb - m * aa for bb, m, aa in zip(b_, m_, a))
+        del C
+        return Val(x.src, x.idx, chain_append(x.chain, Affine(a, b)))
+
+    def op_relu(self, node):
+        x = self.env[node.inputs[0]]
+        if not isinstance(x, Val):
+            self.err(node, "ReLU before the input quantizer is not supported")
+        return Val(x.src, x.idx, x.chain + (Relu(),))
+
+    def op_clip(self, node):
+        x = self.env[node.inputs[0]]
+        if not isinstance(x, Val):
+            self.err(node, "Clip before the input quantizer is not supported")
+        lo, hi = node.attr("min"), node.attr("max")
+        if len(node.inputs) > 1 and node.inputs[1]:
+            lo = float(np.asarray(self.const_of(node, node.inputs[1], "min")).reshape(-1)[0])
+        if len(node.inputs) > 2 and node.inputs[2]:
+            hi = float(np.asarray(self.const_of(node, node.inputs[2], "max")).reshape(-1)[0])
+        lo_f = None if lo is None else frac(np.float32(lo))
+        hi_f = None if hi is None else frac(np.float32(hi))
+        return Val(x.src, x.idx, x.chain + (Clip(lo_f, hi_f),))
+
+    # quantizers -------------------------------------------------------------------------------
+    def _bits(self, node, name) -> int:
+        b = np.asarray(self.const_of(node, name, "bit width")).reshape(-1)
+        if b.size != 1 or not np.isfinite(b[0]) or b[0] != np.round(b[0]) or not 1 <= b[0] <= 32:
+            self.err(node, f"bit width {b.tolist()} must be one integer in 1..32")
+        return int(b[0])
+
+    def op_quant(self, node):
+        x = self.env[node.inputs[0]]
+        s = np.asarray(self.const_of(node, node.inputs[1], "scale"), dtype=np.float32)
+        z = np.asarray(self.const_of(node, node.inputs[2], "zero point"), dtype=np.float32)
+        bits = self._bits(node, node.inputs[3])
+        if np.any(s <= 0) or not np.all(np.isfinite(s)):
+            self.err(node, f"scale must be positive and finite, got {s.reshape(-1)[:4].tolist()}")
+        signed, narrow = bool(node.attr("signed", 1)), bool(node.attr("narrow", 0))
+        mode = str(node.attr("rounding_mode", "ROUND"))
+        if narrow and bits == 1 and not signed:
+            self.err(node, "1-bit unsigned narrow quantizer has no codes")
+        t = IntType(bits, signed, narrow and bits > 1)
+        if isinstance(x, (Const, QConst)):
+            v = np.asarray(x.value, dtype=np.float32)
+            y = v / s + z
+            if bits == 1 and signed:
+                q = np.where(y >= 0, 1.0, -1.0)
+            else:
+                from ..golden import round_float
+                q = round_float(np.clip(y, t.min, t.max), mode)
+            q = q.astype(np.int64)
+            return QConst(q, s, z, t, ((q - z) * s).astype(np.float32))
+        if isinstance(x, Raw):
+            return self.input_quant(node, x, s, z, t, mode)
+        C = self.channels(x.src)
+        sc = self.per_channel(node, x, s, "scale")
+        zc = self.per_channel(node, x, z, "zero point")
+        if any(v != round(v) for v in zc):
+            self.err(node, "zero point must be an integer")
+        out = Affine(sc, tuple(-a * b for a, b in zip(sc, zc)))
+        step = 2 if (bits == 1 and signed) else 1
+        if step == 2:
+            t = IntType(2, True, True)
+        q = Quantizer("quant", t, step, (out,), sc, zc, mode, bits=bits)
+        del C
+        return self.requant(node, x, q)
+
+    op_intquant = op_quant
+
+    def op_bipolarquant(self, node):
+        x = self.env[node.inputs[0]]
+        s = np.asarray(self.const_of(node, node.inputs[1], "scale"), dtype=np.float32)
+        if isinstance(x, (Const, QConst)):
+            q = np.where(np.asarray(x.value) >= 0, 1, -1).astype(np.int64)
+            return QConst(q, s, np.zeros(1, np.float32), IntType(2, True, True), (q * s).astype(np.float32))
+        if isinstance(x, Raw):
+            self.err(node, "a bipolar input quantizer is not supported; quantize the input with Quant")
+        sc = self.per_channel(node, x, s, "scale")
+        C = len(sc)
+        q = Quantizer("bipolar", IntType(2, True, True), 2, (Affine(sc, (Fraction(0),) * C),))
+        return self.requant(node, x, q)
+
+    def op_trunc(self, node):
+        x = self.env[node.inputs[0]]
+        if not isinstance(x, Val):
+            self.err(node, "Trunc needs a quantized (non-constant) input")
+        s = np.asarray(self.const_of(node, node.inputs[1], "scale"), dtype=np.float32)
+        z = np.asarray(self.const_of(node, node.inputs[2], "zero point"), dtype=np.float32)
+        in_bits = self._bits(node, node.inputs[3])
+        mode = str(node.attr("rounding_mode", "FLOOR"))
+        sc = self.per_channel(node, x, s, "scale")
+        zc = self.per_channel(node, x, z, "zero point")
+        v2 = node.domain_opset >= 2 or len(node.inputs) >= 6
+        if v2:
+            out_scale = np.asarray(self.const_of(node, node.inputs[4], "output scale"), dtype=np.float32)
+            out_bits = self._bits(node, node.inputs[5])
+            ratio = out_scale.astype(np.float64) / s.astype(np.float64)
+            ts = np.round(np.log2(ratio))
+            if np.size(ts) != 1:
+                self.err(node, "per-channel truncation scale is not supported")
+            tsi = 1 << int(np.ravel(ts)[0]) if np.ravel(ts)[0] >= 0 else None
+            if tsi is None:
+                self.err(node, "output scale smaller than the input scale")
+            t = IntType(out_bits, bool(node.attr("signed", 1)), bool(node.attr("narrow", 0)))
+            osc = self.per_channel(node, x, out_scale, "output scale")
+            out = Affine(osc, tuple(-o * zz / tsi for o, zz in zip(osc, zc)))
+            q = Quantizer("trunc2", t, 1, (out,), sc, zc, mode, trunc_scale=tsi)
+        else:
+            out_bits = self._bits(node, node.inputs[4])
+            tsi = 1 << max(0, in_bits - out_bits)
+            # v1 does not clamp: the code range follows from the input's value range
+            t = IntType(min(64, out_bits + 2), True)
+            out = Affine(sc, tuple(-a * b for a, b in zip(sc, zc)))
+            q = Quantizer("trunc1", t, 1, (out,), sc, zc, mode, trunc_scale=tsi)
+        return self.requant(node, x, q, narrow_to_range=not v2)
+
+    def op_multithreshold(self, node):
+        x = self.env[node.inputs[0]]
+        th = np.asarray(self.const_of(node, node.inputs[1], "thresholds"), dtype=np.float32)
+        if th.ndim != 2:
+            self.err(node, f"thresholds must be 2-D (channels, steps), got shape {th.shape}")
+        if not isinstance(x, Val):
+            self.err(node, "MultiThreshold needs a quantized (integer-derived) input")
+        out_scale = float(node.attr("out_scale", 1.0))
+        out_bias = float(node.attr("out_bias", 0.0))
+        layout = str(node.attr("data_layout", "NCHW"))
+        nd = x.idx.ndim + 1
+        axis = nd - 1 if layout in ("NHWC", "NC", "NWC") or nd == 2 else 1
+        n_th = th.shape[1]
+        C = self.channels(x.src)
+        rows = []
+        # each threshold row j applies along the channel axis: build one per plan channel
+        for j in range(n_th):
+            col = th[:, j]
+            shape = [1] * nd
+            shape[axis] = col.size
+            rows.append(self.per_channel(node, x, col.reshape(shape), "thresholds"))
+        per_ch = tuple(tuple(sorted(rows[j][c] for j in range(n_th))) for c in range(C))
+        bits = max(1, int(n_th).bit_length())
+        t = IntType(bits, False)
+        if t.max > n_th:     # codes 0..n_th only
+            pass
+        out = Affine((frac(np.float32(out_scale)),) * C, (frac(np.float32(out_bias)),) * C)
+        q = Quantizer("multithreshold", IntType(bits, False), 1, (out,), thresholds=per_ch)
+        return self.requant(node, x, q, levels=n_th)
+
+    def op_quantizelinear(self, node):
+        x = self.env[node.inputs[0]]
+        s = np.asarray(self.const_of(node, node.inputs[1], "scale"), dtype=np.float32)
+        zp = (np.asarray(self.const_of(node, node.inputs[2], "zero point"))
+              if len(node.inputs) > 2 and node.inputs[2] else np.zeros((), np.uint8))
+        t = _dtype_type(node, zp.dtype, self)
+        s, zpf = self._qdq_broadcast(node, x, s, zp.astype(np.float64))
+        if isinstance(x, (Const, QConst)):
+            v = np.asarray(x.value, dtype=np.float32)
+            q = np.clip(np.round(v / s) + zpf, t.min, t.max).astype(np.int64)
+            return QConst(q, s, zpf, t, q.astype(zp.dtype))
+        if isinstance(x, Raw):
+            return self.input_quant(node, x, s, zpf, t, "ROUND", qlinear=True, onnx_dtype=str(zp.dtype))
+        sc = self.per_channel(node, x, s, "scale")
+        zc = self.per_channel(node, x, zpf, "zero point")
+        C = len(sc)
+        q = Quantizer("qlinear", t, 1, (), sc, tuple(int(v) for v in zc))
+        del C
+        out = self.requant(node, x, q)
+        self.onnx_dtypes[node.outputs[0]] = str(zp.dtype)
+        return out
+
+    def _qdq_broadcast(self, node, x, s, zp):
+        """Per-axis / blocked scale and zero point -> arrays broadcastable to the tensor."""
+        shape = self.g.shapes.get(node.inputs[0])
+        if shape is None:
+            shape = np.asarray(x.value).shape if isinstance(x, (Const, QConst)) else None
+        axis = node.attr("axis", 1)
+        block = node.attr("block_size", 0)
+        if s.ndim == 0 or s.size == 1:
+            return s.reshape(()) if s.ndim else s, zp.reshape(()) if zp.ndim else zp
+        nd = len(shape)
+        axis = axis + nd if axis < 0 else axis
+        if block:
+            s = np.repeat(s, block, axis=axis)
+            zp = np.repeat(zp, block, axis=axis) if zp.ndim else zp
+            sl = [slice(None)] * nd
+            sl[axis] = slice(0, shape[axis])
+            return s[tuple(sl)], (zp[tuple(sl)] if zp.ndim else zp)
+        bshape = [1] * nd
+        bshape[axis] = -1
+        return s.reshape(bshape), (zp.reshape(bshape) if zp.ndim else zp)
+
+    def op_dequantizelinear(self, node):
+        x = self.env[node.inputs[0]]
+        s = np.asarray(self.const_of(node, node.inputs[1], "scale"), dtype=np.float32)
+        zp = (np.asarray(self.const_of(node, node.inputs[2], "zero point"))
+              if len(node.inputs) > 2 and node.inputs[2] else np.zeros((), np.int64))
+        s, zpf = self._qdq_broadcast(node, x, s, zp.astype(np.float64))
+        if isinstance(x, Const):
+            c = np.asarray(x.value)
+            if not np.issubdtype(c.dtype, np.integer):
+                self.err(node, "dequantizes a float constant")
+            t = _dtype_type(node, c.dtype, self)
+            return QConst(c.astype(np.int64), s, zpf, t, ((c.astype(np.float32) - zpf) * s).astype(np.float32))
+        if isinstance(x, QConst):
+            return QConst(x.codes, s, zpf, x.type, ((x.codes - zpf) * s).astype(np.float32))
+        if isinstance(x, Raw):
+            # an integer graph input: its codes are the plan input as they are
+            dt = self.g_input_dtype
+            if not np.issubdtype(dt, np.integer):
+                self.err(node, "dequantizes a float graph input")
+            x = self.input_quant(node, x, np.float32(1), np.float32(0), _dtype_type(node, dt, self), "ROUND",
+                                 onnx_dtype=str(dt))
+        if x.chain:
+            self.err(node, "input is not an integer tensor")
+        return self._affine(node, x, s, -(zpf * s))
+
+    # MAC layers --------------------------------------------------------------------------------
+    def _weights(self, node, w, what="weights"):
+        """(codes, zero point, scale) of a weight operand."""
+        if isinstance(w, QConst):
+            return w
+        if isinstance(w, Const):
+            c = np.asarray(w.value)
+            if np.issubdtype(c.dtype, np.integer):
+                t = _dtype_type(node, c.dtype, self)
+                return QConst(c.astype(np.int64), np.ones((), np.float32), np.zeros(()), t, c)
+            self.err(node, f"{what} are float, not quantized: quantize them (Quant / QuantizeLinear) or "
+                           "export with a weight quantizer")
+        self.err(node, f"{what} must be constant (a second activation input is not supported)")
+
+    def _mac_input(self, node, x, what="input"):
+        if isinstance(x, Raw):
+            self.err(node, f"{what} is the float graph input: quantize it first")
+        if not isinstance(x, Val):
+            self.err(node, f"{what} must be an activation")
+        if not is_linear(x.chain):
+            self.err(node, f"{what} passes through ReLU/Clip without a quantizer; quantize it before this layer")
+        C = self.channels(x.src)
+        lin = linear_of(x.chain, C)
+        if len(set(lin.a)) != 1:
+            self.err(node, f"{what} has per-channel scales; a MAC needs a per-tensor input scale")
+        return lin
+
+    def op_matmul(self, node, w_override=None, bias=None, alpha=1.0):
+        x = self.env[node.inputs[0]]
+        w = w_override if w_override is not None else self._weights(node, self.env[node.inputs[1]])
+        return self.matvec(node, x, w, bias, alpha)
+
+    def matvec(self, node, x, w: QConst, bias, alpha, transposed=False):
+        lin = self._mac_input(node, x)
+        codes = np.asarray(w.codes)
+        if codes.ndim != 2:
+            self.err(node, f"weights must be 2-D, got shape {codes.shape}")
+        K, N = codes.shape
+        scale = np.broadcast_to(np.asarray(w.scale, dtype=np.float64), codes.shape)
+        zp = np.broadcast_to(np.asarray(w.zero_point, dtype=np.float64), codes.shape)
+        if not (np.all(scale == scale[:1]) and np.all(zp == zp[:1])):
+            self.err(node, "weight scale/zero point varies along the reduction axis (blocked weights): unsupported")
+        sw, zw = scale[0], zp[0]
+        if np.any(zw != np.round(zw)):
+            self.err(node, "weight zero point must be an integer")
+        if x.idx.shape[-1] != K:
+            self.err(node, f"input has {x.idx.shape[-1]} features, weights expect {K}")
+        wq = (codes - zw[None, :].astype(np.int64)).T                   # (N, K), ONNX column order
+        lead = x.idx.shape[:-1]
+        in_size = int(np.prod(self.tensors[x.src].shape))
+        if x.idx.size != in_size:
+            self.err(node, "input is a partial view of a tensor (unsupported)")
+        if int(np.prod(lead, dtype=np.int64)) > 1:
+            return self._matmul_as_conv(node, x, wq, sw, w, lin, bias, alpha)
+        wt = _weight_type(w, zw)
+        order = x.idx.reshape(-1)
+        weight = np.zeros((N, in_size), dtype=np.int64)
+        weight[:, order] = wq
+        # value = alpha * sw_n * a * acc + alpha * sw_n * sum_k wq_nk * b_k  (+ bias)
+        C_in = self.channels(x.src)
+        b_plan = np.array([lin.b[c] for c in range(C_in)], dtype=object)
+        b_pos = np.array([b_plan[j % C_in] for j in range(in_size)], dtype=object)
+        corr = [sum((Fraction(int(v)) * bb for v, bb in zip(weight[n], b_pos) if v and bb), Fraction(0))
+                for n in range(N)]
+        al = frac(alpha)
+        a_out = tuple(al * frac(s) * lin.a[0] for s in sw)
+        b_out = tuple(al * frac(s) * cc for s, cc in zip(sw, corr))
+        if bias is not None:
+            bv = np.broadcast_to(np.asarray(bias, dtype=np.float64).reshape(-1), (N,))
+            b_out = tuple(bo + frac(v) for bo, v in zip(b_out, bv))
+        itype = self.tensors[x.src].type
+        name = self.uniq(node.name or "matvec")
+        out = name + "_acc"
+        self.names.add(out)
+        lo, hi = exact_range(weight, itype)
+        self.add_tensor(out, (N,), IntType(signed_bits(min(lo.min(), 0), max(hi.max(), 0)), True), lo, hi)
+        self.layers.append(IntLayer(IntKind.MATVEC, name, (x.src,), out, (node.name,), {
+            "weight": weight, "weight_type": wt, "input_type": itype, "fan_in": in_size, "channels": N,
+            "conv": None, "requant": None, "onnx_op": node.op.value,
+        }))
+        return Val(out, np.arange(N), (Affine(a_out, b_out),))
+
+    def _matmul_as_conv(self, node, x, wq, sw, w, lin, bias, alpha):
+        """A MatMul over a tensor with extra leading axes: a 1x1 convolution over [1, L, K]."""
+        if x.idx.shape[-1] != self.tensors[x.src].shape[-1] or not np.array_equal(
+                x.idx.reshape(-1), np.arange(x.idx.size)):
+            self.err(node, "batched MatMul over a permuted tensor is not supported")
+        L, K = int(np.prod(x.idx.shape[:-1])), x.idx.shape[-1]
+        N = wq.shape[0]
+        conv = {"in_shape": [1, L, K], "out_shape": [1, L, N], "kernel": [1, 1], "stride": [1, 1],
+                "pads": [0, 0, 0, 0], "dilation": [1, 1], "groups": 1}
+        self.tensors[x.src] = IntTensor((1, L, K), self.tensors[x.src].type, self.tensors[x.src].scale,
+                                        self.tensors[x.src].zero_point)
+        if x.src == self.input_spec["tensor"]:
+            self.plan_input_shape = (1, L, K)
+        return self._conv_common(node, x, wq, sw, w, lin, bias, alpha, conv, (1, L, N),
+                                 np.arange(L * N).reshape(x.idx.shape[:-1] + (N,)))
+
+    def op_gemm(self, node):
+        x = self.env[node.inputs[0]]
+        if node.attr("transA", 0):
+            self.err(node, "transA=1 is not supported")
+        w = self._weights(node, self.env[node.inputs[1]])
+        if node.attr("transB", 0):
+            w = QConst(w.codes.T, np.asarray(w.scale).T if np.ndim(w.scale) == 2 else _t1(w.scale),
+                       np.asarray(w.zero_point).T if np.ndim(w.zero_point) == 2 else _t1(w.zero_point),
+                       w.type, np.asarray(w.value).T)
+        bias = None
+        if len(node.inputs) > 2 and node.inputs[2]:
+            bias = np.asarray(self.const_of(node, node.inputs[2], "bias"), dtype=np.float64) * node.attr("beta", 1.0)
+        return self.matvec(node, x, w, bias, node.attr("alpha", 1.0))
+
+    def op_conv(self, node, w=None, bias=None, x=None):
+        x = x if x is not None else self.env[node.inputs[0]]
+        w = w if w is not None else self._weights(node, self.env[node.inputs[1]])
+        if bias is None and node.op is Op.CONV and len(node.inputs) > 2 and node.inputs[2]:
+            bias = np.asarray(self.const_of(node, node.inputs[2], "bias"), dtype=np.float64)
+        lin = self._mac_input(node, x)
+        codes = np.asarray(w.codes)
+        N, Cg, kh, kw = codes.shape
+        scale = np.broadcast_to(np.asarray(w.scale, dtype=np.float64), codes.shape).reshape(N, -1)
+        zp = np.broadcast_to(np.asarray(w.zero_point, dtype=np.float64), codes.shape).reshape(N, -1)
+        if not (np.all(scale == scale[:, :1]) and np.all(zp == zp[:, :1])):
+            self.err(node, "weight scale/zero point must be per output channel")
+        sw, zw = scale[:, 0], zp[:, 0]
+        if np.any(zw != np.round(zw)):
+            self.err(node, "weight zero point must be an integer")
+        src_shape = self.tensors[x.src].shape
+        if len(src_shape) != 3:
+            self.err(node, "convolution input is not an image")
+        H, W, C = src_shape
+        canon = np.arange(H * W * C).reshape(H, W, C).transpose(2, 0, 1)
+        if x.idx.shape != canon.shape or not np.array_equal(x.idx, canon):
+            self.err(node, "convolution input is not in NCHW layout of an image tensor")
+        in_shape = (1, C, H, W)
+        kernel, strides, pads, dil, groups = conv_geometry(node, in_shape, codes.shape)
+        oh = (H + pads[0] + pads[2] - ((kernel[0] - 1) * dil[0] + 1)) // strides[0] + 1
+        ow = (W + pads[1] + pads[3] - ((kernel[1] - 1) * dil[1] + 1)) // strides[1] + 1
+        wq = (codes - zw.astype(np.int64)[:, None, None, None]).transpose(0, 2, 3, 1).reshape(N, -1)
+        conv = {"in_shape": [H, W, C], "out_shape": [oh, ow, N], "kernel": list(kernel), "stride": list(strides),
+                "pads": [pads[0], pads[1], pads[2], pads[3]], "dilation": list(dil), "groups": groups}
+        idx_out = np.arange(oh * ow * N).reshape(oh, ow, N).transpose(2, 0, 1)
+        return self._conv_common(node, x, wq, sw, w, lin, bias, 1.0, conv, (oh, ow, N), idx_out)
+
+    def _conv_common(self, node, x, wq, sw, w, lin, bias, alpha, conv, out_shape, idx_out):
+        N = wq.shape[0]
+        itype = self.tensors[x.src].type
+        a_in, b_in = lin.a[0], lin.b[0]
+        if len(set(lin.b)) != 1:
+            self.err(node, "per-channel input zero points are not supported in convolutions")
+        pad_value = 0
+        if any(conv["pads"]):
+            pv = -b_in / a_in            # the code whose value is 0: what zero padding means
+            if pv.denominator != 1 or not itype.min <= pv <= itype.max:
+                self.err(node, f"zero padding has no input code (zero point {pv}); pad explicitly")
+            pad_value = int(pv)
+        conv["pad_value"] = pad_value
+        wt = _weight_type(w, None, wq)
+        # value = alpha * sw_n * (a * acc + b * sum_k wq_nk)
+        wsum = wq.sum(axis=1)
+        al = frac(alpha)
+        a_out = tuple(al * frac(s) * a_in for s in sw)
+        b_out = tuple(al * frac(s) * b_in * int(ws) for s, ws in zip(sw, wsum))
+        if bias is not None:
+            bv = np.broadcast_to(np.asarray(bias, dtype=np.float64).reshape(-1), (N,))
+            b_out = tuple(bo + frac(v) for bo, v in zip(b_out, bv))
+        name = self.uniq(node.name or "conv")
+        out = name + "_acc"
+        self.names.add(out)
+        # window sums: with padding the pad code is inside the input range, so the range holds
+        ig = IntType(itype.bits, itype.signed, itype.narrow)
+        lo, hi = exact_range(wq, ig)
+        self.add_tensor(out, out_shape, IntType(signed_bits(min(lo.min(), 0), max(hi.max(), 0)), True), lo, hi)
+        self.layers.append(IntLayer(IntKind.CONV, name, (x.src,), out, (node.name,), {
+            "weight": wq, "weight_type": wt, "input_type": itype, "fan_in": int(wq.shape[1]), "channels": N,
+            "conv": conv, "requant": None, "onnx_op": node.op.value,
+        }))
+        return Val(out, idx_out, (Affine(a_out, b_out),))
+
+    def op_matmulinteger(self, node):
+        x = self.env[node.inputs[0]]
+        x = self._int_input(node, x, node.inputs[2] if len(node.inputs) > 2 else "")
+        w = self._int_weights(node, node.inputs[1], node.inputs[3] if len(node.inputs) > 3 else "", axis=-1)
+        out = self.matvec(node, x, w, None, 1.0)
+        self.onnx_dtypes[node.outputs[0]] = "int32"
+        return out
+
+    def op_convinteger(self, node):
+        x = self._int_input(node, self.env[node.inputs[0]], node.inputs[2] if len(node.inputs) > 2 else "")
+        w = self._int_weights(node, node.inputs[1], node.inputs[3] if len(node.inputs) > 3 else "", axis=0)
+        out = self.op_conv(node, w=w, x=x)
+        self.onnx_dtypes[node.outputs[0]] = "int32"
+        return out
+
+    def _int_input(self, node, x, zp_name):
+        """An integer activation input with an optional zero point -> Val of (code - zp)."""
+        if isinstance(x, Raw):
+            dt = self.g_input_dtype
+            x = self.input_quant(node, x, np.float32(1), np.float32(0), _dtype_type(node, dt, self), "ROUND",
+                                 onnx_dtype=str(dt))
+        if not isinstance(x, Val) or x.chain:
+            self.err(node, "input must be an integer tensor")
+        zp = np.asarray(self.const_of(node, zp_name, "zero point")).astype(np.float64) if zp_name else 0.0
+        return self._affine(node, x, None, -zp)
+
+    def _int_weights(self, node, w_name, zp_name, axis):
+        w = self.env[w_name]
+        if not isinstance(w, Const) or not np.issubdtype(np.asarray(w.value).dtype, np.integer):
+            self.err(node, "weights must be a constant integer tensor")
+        c = np.asarray(w.value)
+        zp = np.asarray(self.const_of(node, zp_name, "zero point")).astype(np.int64) if zp_name else np.zeros((), np.int64)
+        if zp.ndim == 1 and zp.size > 1:
+            shape = [1] * c.ndim
+            shape[axis] = -1
+            zp = zp.reshape(shape)
+        t = _dtype_type(node, c.dtype, self)
+        return QConst(c.astype(np.int64), np.ones((), np.float32), zp, t, c)
+
+    def op_qlinearmatmul(self, node):
+        a, a_s, a_zp, b, b_s, b_zp, y_s, y_zp = node.inputs
+        x = self._qlinear_input(node, a, a_s, a_zp)
+        w = self._qlinear_weights(node, b, b_s, b_zp, axis=-1)
+        acc = self.matvec(node, x, w, None, 1.0)
+        return self._qlinear_output(node, acc, y_s, y_zp)
+
+    def op_qlinearconv(self, node):
+        ins = list(node.inputs) + [""] * (9 - len(node.inputs))
+        x_, x_s, x_zp, w_, w_s, w_zp, y_s, y_zp, b_ = ins
+        x = self._qlinear_input(node, x_, x_s, x_zp)
+        w = self._qlinear_weights(node, w_, w_s, w_zp, axis=0)
+        bias = None
+        if b_:
+            bq = np.asarray(self.const_of(node, b_, "bias")).astype(np.float64)
+            xs = float(np.asarray(self.const_of(node, x_s, "scale")).reshape(-1)[0])
+            ws = np.asarray(self.const_of(node, w_s, "scale"), dtype=np.float64).reshape(-1)
+            bias = bq * np.float64(xs) * np.broadcast_to(ws, bq.shape)  # exact for the checker below
+            self._qconv_bias = (bq, xs, ws)
+        acc = self.op_conv(node, w=w, bias=None, x=x)
+        if b_:
+            C = len(acc.chain[0].a)
+            add = tuple(Fraction(int(v)) * frac(np.float32(xs)) * frac(np.float32(ws[n % ws.size]))
+                        for n, v in zip(range(C), np.broadcast_to(bq, (C,))))
+            acc = Val(acc.src, acc.idx, chain_append(acc.chain, Affine((Fraction(1),) * C, add)))
+        del bias
+        return self._qlinear_output(node, acc, y_s, y_zp)
+
+    def _qlinear_input(self, node, a, a_s, a_zp):
+        x = self.env[a]
+        if isinstance(x, Raw):
+            dt = self.g_input_dtype
+            x = self.input_quant(node, x, np.float32(1), np.float32(0), _dtype_type(node, dt, self), "ROUND",
+                                 onnx_dtype=str(dt))
+        if not isinstance(x, Val) or x.chain:
+            self.err(node, "input must be an integer tensor")
+        s = np.asarray(self.const_of(node, a_s, "scale"), dtype=np.float32)
+        zp = np.asarray(self.const_of(node, a_zp, "zero point")).astype(np.float64) if a_zp else np.zeros(())
+        return self._affine(node, x, s, -(zp * s))
+
+    def _qlinear_weights(self, node, b, b_s, b_zp, axis):
+        w = self._int_weights(node, b, b_zp, axis)
+        s = np.asarray(self.const_of(node, b_s, "scale"), dtype=np.float32)
+        if s.ndim == 1 and s.size > 1:
+            shape = [1] * w.codes.ndim
+            shape[axis] = -1
+            s = s.reshape(shape)
+        return QConst(w.codes, s, w.zero_point, w.type, w.value)
+
+    def _qlinear_output(self, node, acc: Val, y_s, y_zp):
+        s = np.asarray(self.const_of(node, y_s, "scale"), dtype=np.float32)
+        zp = np.asarray(self.const_of(node, y_zp, "zero point")) if y_zp else np.zeros((), np.uint8)
+        t = _dtype_type(node, zp.dtype, self)
+        sc = self.per_channel(node, acc, s, "output scale")
+        zc = self.per_channel(node, acc, zp.astype(np.float64), "output zero point")
+        q = Quantizer("qlinear", t, 1, (), sc, tuple(int(v) for v in zc))
+        out = self.requant(node, acc, q)
+        self.onnx_dtypes[node.outputs[0]] = str(zp.dtype)
+        return out
+
+    # pooling --------------------------------------------------------------------------------
+    def _image(self, node, x):
+        if not isinstance(x, Val):
+            self.err(node, "pooling needs a quantized input")
+        shp = self.tensors[x.src].shape
+        if len(shp) != 3:
+            self.err(node, "pooling input is not an image")
+        H, W, C = shp
+        canon = np.arange(H * W * C).reshape(H, W, C).transpose(2, 0, 1)
+        if x.idx.shape != canon.shape or not np.array_equal(x.idx, canon):
+            self.err(node, "pooling input is not in NCHW layout of an image tensor")
+        return H, W, C
+
+    def op_maxpool(self, node):
+        x = self.env[node.inputs[0]]
+        H, W, C = self._image(node, x)
+        if len(node.outputs) > 1 and node.outputs[1]:
+            self.err(node, "MaxPool indices output is not supported")
+        d = chain_direction(x.chain, C)
+        if np.any(d < 0):
+            self.err(node, "max-pool after a negative scale (descending channel) is not supported")
+        kernel, strides, pads, dil = pool_geometry(node, (1, C, H, W))
+        if any(v != 1 for v in dil) or node.attr("ceil_mode", 0):
+            self.err(node, "dilation and ceil_mode are not supported")
+        oh = (H + pads[0] + pads[2] - kernel[0]) // strides[0] + 1
+        ow = (W + pads[1] + pads[3] - kernel[1]) // strides[1] + 1
+        name = self.uniq(node.name or "maxpool")
+        out = name + "_out"
+        self.names.add(out)
+        t = self.tensors[x.src]
+        lo, hi = self.ranges[x.src]
+        self.add_tensor(out, (oh, ow, C), t.type, lo, hi, t.scale, t.zero_point)
+        self.layers.append(IntLayer(IntKind.MAXPOOL, name, (x.src,), out, (node.name,), {
+            "kernel": list(kernel), "stride": list(strides), "pads": [pads[0], pads[1], pads[2], pads[3]],
+            "in_shape": [H, W, C], "out_shape": [oh, ow, C]}))
+        return Val(out, np.arange(oh * ow * C).reshape(oh, ow, C).transpose(2, 0, 1), x.chain)
+
+    def op_averagepool(self, node, glob=False):
+        x = self.env[node.inputs[0]]
+        H, W, C = self._image(node, x)
+        lin = self._mac_input(node, x)
+        if glob:
+            kernel, strides, pads = [H, W], [1, 1], [0, 0, 0, 0]
+        else:
+            kernel, strides, pads, dil = pool_geometry(node, (1, C, H, W))
+            if any(v != 1 for v in dil) or node.attr("ceil_mode", 0):
+                self.err(node, "dilation and ceil_mode are not supported")
+        pad_value = 0
+        if any(pads):
+            if not node.attr("count_include_pad", 0):
+                self.err(node, "padding with count_include_pad=0 divides by a varying count; unsupported")
+            pv = -lin.b[0] / lin.a[0]
+            if pv.denominator != 1:
+                self.err(node, "zero padding has no input code")
+            pad_value = int(pv)
+        oh = (H + pads[0] + pads[2] - kernel[0]) // strides[0] + 1
+        ow = (W + pads[1] + pads[3] - kernel[1]) // strides[1] + 1
+        win = kernel[0] * kernel[1]
+        it = self.tensors[x.src].type
+        lo, hi = win * it.min, win * it.max
+        name = self.uniq(node.name or "avgpool")
+        out = name + "_sum"
+        self.names.add(out)
+        st = IntType(signed_bits(min(lo, 0), max(hi, 0)), True)
+        self.add_tensor(out, (oh, ow, C), st, [lo] * C, [hi] * C)
+        ident = {"kind": "multshift", "bias": np.zeros(C, np.int64), "mult": np.ones(C, np.int64),
+                 "shift": np.zeros(C, np.int64), "zero_point": 0, "clip": False, "out_type": st}
+        self.layers.append(IntLayer(IntKind.AVGPOOL, name, (x.src,), out, (node.name,), {
+            "kernel": list(kernel), "stride": list(strides), "pads": [pads[0], pads[1], pads[2], pads[3]],
+            "in_shape": [H, W, C], "out_shape": [oh, ow, C], "pad_value": pad_value, "requant": ident,
+            "input_type": it}))
+        aff = Affine(tuple(a / win for a in lin.a), lin.b)
+        return Val(out, np.arange(oh * ow * C).reshape(oh, ow, C).transpose(2, 0, 1), (aff,))
+
+    def op_globalaveragepool(self, node):
+        return self.op_averagepool(node, glob=True)
+
+    # residual add ----------------------------------------------------------------------------
+    def residual(self, node, a, b, sign):
+        for v, nm in ((a, "first"), (b, "second")):
+            if not isinstance(v, Val) or not is_linear(v.chain):
+                self.err(node, f"the {nm} input of a residual add must be quantized")
+        la, lb = linear_of(a.chain, self.channels(a.src)), linear_of(b.chain, self.channels(b.src))
+        if len(set(la.a)) != 1 or len(set(lb.a)) != 1:
+            self.err(node, "residual add inputs need per-tensor scales: quantize both branches before the add")
+        if a.idx.shape != b.idx.shape or self.tensors[a.src].shape != self.tensors[b.src].shape or \
+                not np.array_equal(a.idx, b.idx):
+            self.err(node, "residual add inputs have different layouts")
+        sa, sb = la.a[0], lb.a[0] * sign
+        r = sa / sb
+        ma, mb = r.numerator, r.denominator          # sa = S*ma, sb = S*mb with S = sb/mb
+        S = sb / mb
+        def split(m):
+            sh = 0
+            while m % 2 == 0 and m != 0:
+                m //= 2
+                sh += 1
+            return m, sh
+        (ma, sha), (mb, shb) = split(ma), split(mb)
+        ta, tb = self.tensors[a.src], self.tensors[b.src]
+        C = ta.shape[-1]
+        lo_a, hi_a = self.ranges[a.src]
+        lo_b, hi_b = self.ranges[b.src]
+        def span(lo, hi, m, sh):
+            x1, x2 = lo * m << sh, hi * m << sh
+            return np.minimum(x1, x2), np.maximum(x1, x2)
+        l1, h1 = span(np.broadcast_to(lo_a, (C,)), np.broadcast_to(hi_a, (C,)), ma, sha)
+        l2, h2 = span(np.broadcast_to(lo_b, (C,)), np.broadcast_to(hi_b, (C,)), mb, shb)
+        lo, hi = l1 + l2, h1 + h2
+        name = self.uniq(node.name or "add")
+        out = name + "_sum"
+        self.names.add(out)
+        self.add_tensor(out, ta.shape, IntType(signed_bits(min(lo.min(), 0), max(hi.max(), 0)), True), lo, hi)
+        self.layers.append(IntLayer(IntKind.ADD, name, (a.src, b.src), out, (node.name,), {
+            "align": [{"mult": int(ma), "shift": int(sha), "zero_point": 0},
+                      {"mult": int(mb), "shift": int(shb), "zero_point": 0}]}))
+        bsum = tuple(x + y * sign for x, y in zip(la.b, lb.b))
+        return Val(out, a.idx, (Affine((S,) * C, bsum),))
+
+    # output ops ------------------------------------------------------------------------------
+    def op_softmax(self, node):
+        x = self.env[node.inputs[0]]
+        self.trailing.append((node.outputs[0], {"op": "Softmax", "axis": int(node.attr("axis", -1))}))
+        return x
+
+    def op_argmax(self, node):
+        if node.attr("select_last_index", 0):
+            self.err(node, "select_last_index=1 is not supported (accumulus' ArgMax ties to the lowest index)")
+        return self._argmax(node, node.attr("axis", 0), bool(node.attr("keepdims", 1)))
+
+    def op_topk(self, node):
+        k = np.asarray(self.const_of(node, node.inputs[1], "k")).reshape(-1)
+        if int(k[0]) != 1:
+            self.err(node, f"k={int(k[0])}: only TopK with k=1 is supported")
+        if not node.attr("largest", 1):
+            self.err(node, "largest=0 is not supported")
+        x = self.env[node.inputs[0]]
+        cls = self._argmax(node, node.attr("axis", -1), True)
+        self.topk_values = (node.outputs[0], x)
+        return [x, cls]
+
+    def _argmax(self, node, axis, keepdims):
+        x = self.env[node.inputs[0]]
+        if not isinstance(x, Val):
+            self.err(node, "needs an integer-derived input")
+        if x.idx.ndim != 1 and not (axis in (1, -1) and x.idx.ndim == 1):
+            if x.idx.ndim != 1:
+                self.err(node, "ArgMax is supported over a vector output only")
+        C = self.channels(x.src)
+        src = x.src
+        chain = x.chain
+        if chain:
+            src = self.common_scale(node, x)
+        name = self.uniq(node.name or "argmax")
+        out = name + "_class"
+        self.names.add(out)
+        self.add_tensor(out, (1,), IntType(max(1, (C - 1).bit_length()), False), [0], [C - 1])
+        self.layers.append(IntLayer(IntKind.ARGMAX, name, (src,), out, (node.name,), {}))
+        self.argmax_info = {"keepdims": keepdims, "perm": x.idx.reshape(-1)}
+        self.onnx_dtypes[node.outputs[-1]] = "int64"
+        return Val(out, np.arange(1) if keepdims else np.arange(1).reshape(()), ())
+
+    def common_scale(self, node, x: Val) -> str:
+        """Map per-channel ``a_c·acc + b_c`` onto one integer scale before ArgMax."""
+        C = self.channels(x.src)
+        if not is_linear(x.chain):
+            # monotone non-linear tails (ReLU) keep the order only where they are strict
+            self.err(node, "ArgMax after a float ReLU/Clip is not supported; quantize or remove it")
+        lin = linear_of(x.chain, C)
+        if any(v <= 0 for v in lin.a):
+            self.err(node, "ArgMax over channels with non-positive scales is not supported")
+        lo, hi = self.ranges[x.src]
+        amax = max(lin.a)
+        # y_c = round((acc + bias_c) * mult_c / 2^shift) with mult_c/2^shift ~ a_c/amax, bias_c ~ b_c/a_c
+        exact_b = all((b / a).denominator == 1 for a, b in zip(lin.a, lin.b))
+        exact_a = all((a / amax).denominator & ((a / amax).denominator - 1) == 0 for a in lin.a)
+        span = int(max(abs(int(lo.min())), abs(int(hi.max())))) + 1
+        shift = 0
+        if not (exact_a and exact_b and all((a / amax).denominator == 1 or True for a in lin.a)):
+            shift = 24
+        mult, bias = [], []
+        for a, b in zip(lin.a, lin.b):
+            r = a / amax * (1 << shift)
+            mult.append(int(round(r)) if shift else int(r) if r.denominator == 1 else None)
+            bias.append(int(round(b / a)))
+        if not shift and any(m is None for m in mult):
+            shift = 24
+            mult = [int(round(a / amax * (1 << shift))) for a in lin.a]
+        if shift or not exact_b:
+            err = max(float(abs(Fraction(m, 1 << shift) * (span + abs(bb)) - (a / amax) * span - b / amax))
+                      for m, bb, a, b in zip(mult, bias, lin.a, lin.b))
+            self.notes.append(f"{node.name}: per-channel output scales mapped onto one integer scale with "
+                              f"max error {err:.3g} (in units of the largest channel scale); ArgMax may differ "
+                              "from the float graph where two logits are closer than that")
+        name = self.uniq((node.name or "argmax") + "_align")
+        out = name + "_out"
+        self.names.add(out)
+        ylo = [int(np.floor((int(l) + bb) * m / (1 << shift))) - 1 for l, bb, m in zip(lo, bias, mult)]
+        yhi = [int(np.ceil((int(h) + bb) * m / (1 << shift))) + 1 for h, bb, m in zip(hi, bias, mult)]
+        t = IntType(signed_bits(min(ylo + [0]), max(yhi + [0])), True)
+        self.add_tensor(out, self.tensors[x.src].shape, t, ylo, yhi)
+        self.layers.append(IntLayer(IntKind.REQUANT, name, (x.src,), out, (node.name,), {
+            "requant": {"kind": "multshift", "bias": np.array(bias, np.int64), "mult": np.array(mult, np.int64),
+                        "shift": np.full(C, shift, np.int64), "zero_point": 0, "clip": False, "out_type": t},
+            "input_type": self.tensors[x.src].type}))
+        return out
+
+    # requantization -----------------------------------------------------------------------------
+    def requant(self, node, x: Val, q: Quantizer, levels=None, narrow_to_range=False) -> Val:
+        C = self.channels(x.src)
+        lo, hi = self.ranges[x.src]
+        lo = np.broadcast_to(lo, (C,)).astype(np.int64)
+        hi = np.broadcast_to(hi, (C,)).astype(np.int64)
+        if narrow_to_range:   # Trunc v1: codes follow the input range
+            cl = [q.exact(c, _chain_val(x.chain, c, lo[c])) for c in range(C)]
+            ch = [q.exact(c, _chain_val(x.chain, c, hi[c])) for c in range(C)]
+            allc = cl + ch
+            t = IntType(max(2, signed_bits(min(allc), max(allc))), True)
+            q = Quantizer(q.kind, t, 1, q.out_chain, q.scale, q.zero_point, q.rounding_mode,
+                          q.thresholds, q.bits, q.trunc_scale)
+        if q.levels > MAX_THRESHOLD_LEVELS:
+            self.err(node, f"requantization to {q.out_type} needs {q.levels} thresholds per channel "
+                           f"(more than {MAX_THRESHOLD_LEVELS}); use at most 12-bit activations")
+        t_arr, desc = derive_thresholds(x.chain, q, lo, hi)
+        if levels is not None and t_arr.shape[1] > levels:
+            # MultiThreshold codes stop at the number of thresholds: drop the unreachable ones
+            t_arr = t_arr[:, :levels]
+        name = self.uniq(node.name or "requant")
+        out = name + "_out"
+        self.names.add(out)
+        out_t = q.out_type
+        if levels is not None:
+            ylo, yhi = [0] * C, [levels] * C
+        else:
+            ylo = [out_t.min] * C
+            yhi = [out_t.max] * C
+        lin_out = q.out_chain[0] if q.out_chain else None
+        scale = tuple(float(v) for v in lin_out.a) if lin_out else (1.0,)
+        zp = (tuple(float(-b / a) if a else 0.0 for a, b in zip(lin_out.a, lin_out.b)) if lin_out else (0.0,))
+        self.add_tensor(out, self.tensors[x.src].shape, out_t, ylo, yhi, scale, zp)
+        tb = max(signed_bits(int(t_arr.min(initial=0)), int(t_arr.max(initial=0))),
+                 max(signed_bits(int(l) - 1, int(h) + 1) for l, h in zip(lo, hi)))
+        rq = {"kind": "thresholds", "thresholds": t_arr, "descending": desc, "out_scale": int(q.step),
+              "out_bias": int(out_t.min) if levels is None else 0, "out_type": out_t, "threshold_bits": int(tb)}
+        self.layers.append(IntLayer(IntKind.REQUANT, name, (x.src,), out, (node.name,), {
+            "requant": rq, "input_type": self.tensors[x.src].type, "onnx_tensor": node.outputs[0]}))
+        return Val(out, x.idx, q.out_chain)
+
+    def input_quant(self, node, x: Raw, s, z, t: IntType, mode, qlinear=False, onnx_dtype=None) -> Val:
+        if self.input_spec is not None:
+            self.err(node, "the graph input is quantized twice")
+        s = np.asarray(s, dtype=np.float32)
+        z = np.asarray(z, dtype=np.float32)
+        if x.chain:
+            if s.size != 1 or z.size != 1:
+                self.err(node, "arithmetic before a per-channel input quantizer is not supported")
+            e = x.chain[0]
+            a, b = float(e.a[0]), float(e.b[0])
+            s0 = float(s)
+            s = np.float32(s0 / a)
+            z = np.float32(float(z) + b / s0)
+            self.notes.append(f"{node.name}: float arithmetic before the input quantizer folded into its scale "
+                              "and zero point (not bit-exact where the graph's float ops round)")
+        name = "input"
+        self.names.add(name)
+        shape = self.plan_input_shape
+        onnx_shape = list(self.g.shapes[self.g.inputs[0]])
+        C = shape[-1]
+        # per-tensor scale: one value; otherwise the values in ONNX layout (without batch)
+        full = (1,) + tuple(onnx_shape[1:])
+        s_b = np.broadcast_to(s, np.broadcast_shapes(s.shape, full)).reshape(full)[0]
+        z_b = np.broadcast_to(z, np.broadcast_shapes(z.shape, full)).reshape(full)[0]
+        per_tensor = s.size == 1 and z.size == 1
+        if z.size == 1 and float(np.ravel(z)[0]) != round(float(np.ravel(z)[0])) and not qlinear:
+            pass
+        self.input_spec = {
+            "tensor": name, "onnx_name": self.g.inputs[0], "onnx_shape": onnx_shape,
+            "scale": float(np.ravel(s)[0]) if per_tensor else s_b.tolist(),
+            "zero_point": float(np.ravel(z)[0]) if per_tensor else z_b.tolist(),
+            "type": t.to_json(), "rounding_mode": "ROUND" if qlinear else mode.upper(),
+        }
+        if qlinear:
+            self.input_spec["qlinear"] = True
+        if onnx_dtype:
+            self.onnx_dtypes[node.outputs[0]] = onnx_dtype
+        self.add_tensor(name, shape, t, [t.min] * C, [t.max] * C, (float(np.ravel(s)[0]),), (float(np.ravel(z)[0]),))
+        if qlinear:
+            return Val(name, x.idx, ())
+        if per_tensor:
+            sc, zc = (frac(np.ravel(s)[0]),) * C, (frac(np.ravel(z)[0]),) * C
+        else:
+            v = Val(name, x.idx, ())
+            sc = self.per_channel(node, v, s, "scale")
+            zc = self.per_channel(node, v, z, "zero point")
+        return Val(name, x.idx, (Affine(sc, tuple(-a * b for a, b in zip(sc, zc))),))
+
+    # output ----------------------------------------------------------------------------------
+    def finish(self) -> IntGraph:
+        g = self.g
+        out_name = g.outputs[0]
+        v = self.env.get(out_name)
+        if not isinstance(v, Val):
+            raise UserError(f"{g.source}: graph output '{out_name}' does not depend on the input")
+        trailing = []
+        for t_name, spec in self.trailing:
+            trailing.append(spec)
+        kind = "argmax" if self.layers and self.layers[-1].kind is IntKind.ARGMAX and \
+            self.layers[-1].output == v.src else "codes"
+        C = self.channels(v.src)
+        dequant = None
+        tail = []
+        chain = v.chain
+        if chain:
+            lin = chain[0]
+            if not isinstance(lin, Affine):
+                lin = Affine((Fraction(1),) * C, (Fraction(0),) * C)
+            else:
+                chain = chain[1:]
+            for e in chain:
+                if isinstance(e, Relu):
+                    tail.append({"op": "Relu"})
+                elif isinstance(e, Clip):
+                    tail.append({"op": "Clip", "min": None if e.lo is None else float(e.lo),
+                                 "max": None if e.hi is None else float(e.hi)})
+                else:
+                    tail.append({"op": "Affine", "a": [float(x) for x in e.a], "b": [float(x) for x in e.b]})
+            dequant = {"scale": [float(a) for a in lin.a],
+                       "zero_point": [float(-b / a) if a else 0.0 for a, b in zip(lin.a, lin.b)],
+                       "offset": [float(b) for b in lin.b]}
+        out_dtype = self.onnx_dtypes.get(out_name)
+        if out_dtype is None:
+            out_dtype = "float32" if (chain or dequant is not None) else "int64"
+        output = {"tensor": v.src, "onnx_name": out_name, "kind": kind, "dequant": dequant,
+                  "trailing": tail + trailing, "onnx_shape": [1] + list(v.idx.shape),
+                  "onnx_dtype": out_dtype, "index": v.idx.reshape(-1)}
+        spec = dict(self.input_spec)
+        return IntGraph(tuple(self.layers), dict(self.tensors), spec, output, tuple(self.notes))
+
+
+def _chain_val(chain, c, acc):
+    from .quantizers import chain_exact
+    return chain_exact(chain, c, int(acc))
+
+
+def _t1(a):
+    return a
+
+
+def _dtype_type(node, dt, low) -> IntType:
+    dt = np.dtype(dt)
+    if not np.issubdtype(dt, np.integer):
+        raise UserError(f"{node.op.value} '{node.name}': expected an integer type, got {dt}")
+    bits = dt.itemsize * 8
+    return IntType(bits, np.issubdtype(dt, np.signedinteger))
+
+
+def _weight_type(w: QConst, zw, wq=None) -> IntType:
+    if wq is None:
+        zero = zw is None or np.all(np.asarray(zw) == 0)
+        if zero:
+            return w.type
+        wq = w.codes
+    wq = np.asarray(wq)
+    if np.all(wq >= w.type.min) and np.all(wq <= w.type.max):
+        return w.type
+    return IntType(signed_bits(int(wq.min()), int(wq.max())), True)
+
+
+def lower(g: Graph) -> IntGraph:
+    low = _Lowering(g)
+    low.onnx_dtypes = {}
+    low.g_input_dtype = np.dtype(g.input_dtype)
+    ig = low.run()
+    ig.verify()
+    return ig

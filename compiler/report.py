@@ -1,0 +1,62 @@
+"""The width table: per MAC layer, data-type / A2Q / A2Q+ / exact (max and per PE) / target P."""
+from __future__ import annotations
+
+import numpy as np
+
+from .plan import Plan
+
+
+def width_rows(plan: Plan) -> list[dict]:
+    rows = []
+    for layer in plan.layers:
+        if layer["kind"] not in ("matvec", "conv"):
+            continue
+        bits = layer["acc"]["bits"]
+        exact = np.asarray(bits["exact"])
+        pe_bits = layer["folding"]["pe_acc_bits"]
+        rows.append({
+            "layer": layer["name"], "kind": layer["kind"], "K": layer["fan_in"], "N": layer["channels"],
+            "datatype": bits["datatype"], "a2q": int(max(bits["a2q"])), "a2q_plus": int(max(bits["a2q_plus"])),
+            "exact": int(exact.max()), "exact_min": int(exact.min()), "pe_bits": list(pe_bits),
+            "target": bits["target"], "pe": layer["folding"]["pe"], "simd": layer["folding"]["simd"],
+            "cycles": layer.get("cycles_per_frame"),
+            "saving": int(bits["datatype"] - exact.max()),
+        })
+    return rows
+
+
+def _pe_text(pe_bits: list[int]) -> str:
+    lo, hi = min(pe_bits), max(pe_bits)
+    if lo == hi:
+        return f"{hi}x{len(pe_bits)}"
+    vals, counts = np.unique(pe_bits, return_counts=True)
+    return "/".join(f"{v}x{c}" for v, c in zip(vals[::-1], counts[::-1]))
+
+
+def width_table(plan: Plan) -> str:
+    rows = width_rows(plan)
+    head = ["layer", "K x N", "datatype", "A2Q", "A2Q+", "exact", "per-PE built", "target P", "saving", "PExSIMD",
+            "cycles"]
+    lines = []
+    for r in rows:
+        lines.append([r["layer"], f"{r['K']}x{r['N']}", str(r["datatype"]), str(r["a2q"]), str(r["a2q_plus"]),
+                      f"{r['exact_min']}..{r['exact']}" if r["exact_min"] != r["exact"] else str(r["exact"]),
+                      _pe_text(r["pe_bits"]), "-" if r["target"] is None else str(r["target"]),
+                      f"{r['saving']} bits ({100 * r['saving'] / r['datatype']:.0f}%)",
+                      f"{r['pe']}x{r['simd']}", str(r["cycles"])])
+    widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(l, widths)) for l in lines]
+    est = plan.doc.get("estimate") or {}
+    if rows:
+        dt = sum(r["datatype"] * r["N"] for r in rows)
+        ex = sum(sum(r["pe_bits"]) * (r["N"] // r["pe"]) for r in rows)
+        out.append(f"accumulator bits (sum over channels): data-type {dt}, exact per PE {ex} "
+                   f"({100 * (dt - ex) / dt:.0f}% fewer)")
+    if est:
+        out.append(f"estimate: {est.get('cycles_per_frame')} cycles per frame (bottleneck {est.get('bottleneck')})")
+    for note in plan.doc.get("notes") or []:
+        out.append(f"note: {note}")
+    for note in est.get("notes") or []:
+        out.append(f"note: {note}")
+    return "\n".join(out)
