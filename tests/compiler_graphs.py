@@ -39,7 +39,7 @@ class Builder:
         return self.node("Quant", ins, domain=self.domain, name=name, signed=int(signed), narrow=int(narrow),
                          rounding_mode=rounding)
 
-    def weight(self, shape, bits=4, axis_shape=None, sparsity=0.3):
+    def weight(self, shape, bits=4, axis_shape=None, sparsity=0.3, pow2=False):
         """Float weights whose Quant gives per-channel 4-bit narrow codes."""
         w = self.rng.normal(0, 1, size=shape).astype(np.float32)
         w[self.rng.random(shape) < sparsity] = 0
@@ -47,6 +47,8 @@ class Builder:
                  / (2 ** (bits - 1) - 1)).astype(np.float32)
         scale[scale == 0] = 1
         scale = scale.reshape(axis_shape)
+        if pow2:
+            scale = (2.0 ** np.round(np.log2(scale))).astype(np.float32)
         return self.quant(self.const(w, "w"), scale, 0, bits, True, True)
 
     def model(self, x_name, x_shape, out, out_shape=None, metadata=None, opset=13):
@@ -60,7 +62,7 @@ class Builder:
 
 
 def mlp(widths=(64, 64, 64, 10), seed=0, in_scale=1 / 16, in_bits=5, act_bits=4, w_bits=4, in_shape=(1, 1, 8, 8),
-        act_scale=None, domain=QDOM, final_argmax=False):
+        act_scale=None, domain=QDOM, final_argmax=False, pow2=False, metadata=None):
     """Brevitas-like QONNX MLP: input Quant -> Flatten -> [MatMul+bias -> Relu -> Quant]* -> MatMul+bias."""
     b = Builder(seed, domain)
     x = b.quant("x", np.float32(in_scale), 0, in_bits, False, False, name="input_quant")
@@ -68,11 +70,13 @@ def mlp(widths=(64, 64, 64, 10), seed=0, in_scale=1 / 16, in_bits=5, act_bits=4,
     names = []
     for i in range(len(widths) - 1):
         k, n = widths[i], widths[i + 1]
-        w = b.weight((k, n), w_bits, axis_shape=(1, n))
+        w = b.weight((k, n), w_bits, axis_shape=(1, n), pow2=pow2)
         name = f"fc{i}"
         names.append(name)
         y = b.node("MatMul", [x, w], name=name)
         bias = (b.rng.normal(0, 0.5, size=(n,))).astype(np.float32)
+        if pow2:
+            bias = (np.round(bias * 8) / 8).astype(np.float32)
         y = b.node("Add", [y, b.const(bias, "bias")])
         if i < len(widths) - 2:
             y = b.node("Relu", [y])
@@ -85,7 +89,7 @@ def mlp(widths=(64, 64, 64, 10), seed=0, in_scale=1 / 16, in_bits=5, act_bits=4,
         m = b.model("x", list(in_shape), x, None)
         m.graph.output[0].type.tensor_type.elem_type = TensorProto.INT64
         return m, names
-    return b.model("x", list(in_shape), x, out_shape), names
+    return b.model("x", list(in_shape), x, out_shape, metadata=metadata), names
 
 
 def save(model, path):
@@ -120,3 +124,72 @@ def qonnx_run(model, x, all_tensors=True):
         o.type.tensor_type.ClearField("shape")
     mw = ModelWrapper(m).transform(InferShapes())
     return execute_onnx(mw, {m.graph.input[0].name: x}, return_full_exec_context=all_tensors)
+
+
+def _producer(model, tensor):
+    for n in model.graph.node:
+        if tensor in n.output:
+            return n
+    return None
+
+
+def _init(model, name):
+    for i in model.graph.initializer:
+        if i.name == name:
+            return numpy_helper.to_array(i)
+    return None
+
+
+def to_stream(a):
+    """ONNX layout (B, C, H, W) -> stream order (B, H, W, C); vectors unchanged."""
+    return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
+
+
+def compare_codes(model, plan, env, ctx, tie_tol=1e-3):
+    """Compare every requantized tensor of the plan with the reference's quantizer output.
+
+    Returns (stats, report): stats maps layer -> (elements, mismatches); report lists, per
+    sample, the first layer where golden and reference differ, with each differing element's
+    pre-rounding value in the reference (a tie is |frac - 0.5| < tie_tol) -- the evidence
+    that the difference is a float tie in the reference, not a compiler error.
+    """
+    stats, first_diff = {}, {}
+    layers = [l for l in plan.layers if l.get("onnx_tensor") and l["onnx_tensor"] in ctx]
+    for l in layers:
+        t = plan.tensor(l["output"])
+        v = ctx[l["onnx_tensor"]]
+        node = _producer(model, l["onnx_tensor"])
+        if node is not None and node.op_type in ("QuantizeLinear", "QLinearMatMul", "QLinearConv", "MultiThreshold"):
+            if node.op_type == "MultiThreshold":
+                a = node.attribute
+                osc = next((x.f for x in a if x.name == "out_scale"), 1.0)
+                ob = next((x.f for x in a if x.name == "out_bias"), 0.0)
+                codes = np.round((v - ob) / osc)
+            else:
+                codes = v.astype(np.int64)
+        else:
+            codes = np.round(v / np.float64(t["scale"]) + np.float64(t["zero_point"]))
+        codes = to_stream(codes).reshape(v.shape[0], -1)
+        gold = env[l["output"]].reshape(v.shape[0], -1)
+        bad = codes != gold
+        stats[l["name"]] = (int(bad.size), int(bad.sum()))
+        for b in np.nonzero(bad.any(axis=1))[0]:
+            if b in first_diff:
+                continue
+            pre = None
+            if node is not None and node.op_type in ("Quant", "QuantizeLinear"):
+                src = ctx[node.input[0]]
+                s = float(np.ravel(ctx.get(node.input[1], _init(model, node.input[1])))[0])
+                z = float(np.ravel(ctx.get(node.input[2], _init(model, node.input[2])) if len(node.input) > 2
+                                   and node.input[2] else [0])[0])
+                y = to_stream(src.astype(np.float64) / s + (z if node.op_type == "Quant" else 0)).reshape(v.shape[0], -1)
+                pre = y[b, bad[b]]
+            first_diff[int(b)] = (l["name"], np.nonzero(bad[b])[0], gold[b, bad[b]], codes[b, bad[b]], pre)
+    lines, all_ties = [], True
+    for b, (name, where, g, r, pre) in sorted(first_diff.items()):
+        tie = pre is not None and bool(np.all(np.abs(np.abs(pre - np.floor(pre)) - 0.5) < tie_tol))
+        all_ties &= tie
+        lines.append(f"sample {b}: first difference in {name} at {where.tolist()}: golden {g.tolist()} "
+                     f"reference {r.tolist()} reference pre-rounding {None if pre is None else pre.tolist()} "
+                     f"-> {'float tie' if tie else 'NOT A TIE'}")
+    return stats, lines, all_ties
