@@ -21,6 +21,8 @@ Properties of the spec:
 * ``fold_in`` = K/SIMD (input beats per vector), ``fold_out`` = N/PE (output beats per vector);
 * ``cycles_per_frame`` = ``fold_out * fold_in``: steady-state cycles per input vector with
   input offered every cycle and no back-pressure (a conv layer runs this per output pixel);
+  ``fold_out * beat_interval`` in general, when a forced binary threshold search is slower
+  than ``fold_in`` cycles per fold (``threshold_search="auto"`` never is);
 * ``latency``: cycles from accepting the first input beat of a vector to the first output
   beat of that vector being valid (input every cycle, no back-pressure);
 * ``compute(x)``: numpy model, ``x`` int array ``(B, K)`` of input codes (a conv layer:
@@ -228,8 +230,14 @@ class MVUSpec:
         return self.out_type.signed
 
     @property
+    def beat_interval(self) -> int:
+        """Steady-state cycles between output folds: K/SIMD, unless the requant is slower."""
+        slowest = 1 if self.requant is None else self.requant.cycles_per_beat
+        return max(self.fold_in, slowest)
+
+    @property
     def cycles_per_frame(self) -> int:
-        return self.fold_out * self.fold_in
+        return self.fold_out * self.beat_interval
 
     @property
     def requant_latency(self) -> int:
@@ -237,11 +245,13 @@ class MVUSpec:
 
     @property
     def latency(self) -> int:
-        # issue -> stage R (1) -> array -> acc register (1) -> requant -> reorder
-        tail = self.array_spec.latency + 2 + self.requant_latency
+        # the first fold's last step is issued at fold_in - 1; stage R (1), the array,
+        # the accumulator register (1), then the requant; a reordering buffer waits for
+        # the last fold and adds one cycle
+        first_acc = self.fold_in + self.array_spec.latency + 1
         if self.direct_order:
-            return self.fold_in - 1 + tail
-        return self.fold_out * self.fold_in - 1 + tail + 1
+            return first_acc + self.requant_latency
+        return first_acc + (self.fold_out - 1) * self.beat_interval + self.requant_latency + 1
 
     @property
     def macs_per_cycle(self) -> int:
