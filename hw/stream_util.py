@@ -89,11 +89,12 @@ def simulate_stream(dut, in_beats, out_count: int, *, rng=None, gap: float = 0.0
     (random stalls with probability ``stall``) and returns ``{"out": beats, "in_times":
     cycles of input handshakes, "out_times": cycles of output handshakes, "out_valid_first":
     first cycle o.valid was high, "count": cycles where signal ``count`` was high,
-    "cycles": cycles run}``.
+    "count_times": those cycles, "cycles": cycles run}``.
     """
     from amaranth.sim import Simulator
 
-    res = {"out": [], "in_times": [], "out_times": [], "out_valid_first": None, "count": 0, "cycles": 0}
+    res = {"out": [], "in_times": [], "out_times": [], "out_valid_first": None, "count": 0, "count_times": [],
+           "cycles": 0}
     probe = count if count is not None else dut.o.valid
 
     async def source(ctx):
@@ -114,6 +115,7 @@ def simulate_stream(dut, in_beats, out_count: int, *, rng=None, gap: float = 0.0
                 res["out_valid_first"] = cycle
             if count is not None and c:
                 res["count"] += 1
+                res["count_times"].append(cycle)
             cycle += 1
             res["cycles"] = cycle
             if cycle > max_cycles:
