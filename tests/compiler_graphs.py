@@ -193,3 +193,52 @@ def compare_codes(model, plan, env, ctx, tie_tol=1e-3):
                      f"reference {r.tolist()} reference pre-rounding {None if pre is None else pre.tolist()} "
                      f"-> {'float tie' if tie else 'NOT A TIE'}")
     return stats, lines, all_ties
+
+
+def cnn(seed=0, residual=False, gap=False, act_bits=4, w_bits=4, pow2=False, bn=True, pool_pad=False):
+    """digits-cnn shaped QONNX graph: conv3x3/16, conv3x3/16 (+ residual), maxpool2, conv3x3/32,
+    maxpool2 (or global average pool), fc -> 10. Conv + BatchNorm + Relu + Quant blocks."""
+    b = Builder(seed)
+    x = b.quant("x", np.float32(1 / 16), 0, 5, False, False, name="input_quant")
+    chans = 1
+
+    def block(x, cin, cout, name, relu=True, quant=True, scale=None):
+        w = b.weight((cout, cin, 3, 3), w_bits, axis_shape=(cout, 1, 1, 1), pow2=pow2)
+        bias = b.const(b.rng.normal(0, 0.3, size=(cout,)).astype(np.float32), "cb")
+        y = b.node("Conv", [x, w, bias], name=name, kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1])
+        if bn:
+            g = b.rng.uniform(0.5, 1.5, cout).astype(np.float32)
+            g[::5] *= -1          # a few negative batch-norm scales: descending thresholds
+            params = [g, b.rng.normal(0, 0.2, cout).astype(np.float32), b.rng.normal(0, 0.5, cout).astype(np.float32),
+                      b.rng.uniform(0.5, 2.0, cout).astype(np.float32)]
+            y = b.node("BatchNormalization", [y] + [b.const(p, "bn") for p in params], epsilon=1e-5)
+        if relu:
+            y = b.node("Relu", [y])
+        if quant:
+            s = np.float32(scale if scale is not None else b.rng.uniform(0.1, 0.4))
+            y = b.quant(y, s, 0, act_bits, not relu, False)
+        return y
+
+    a1 = block(x, 1, 16, "conv0")
+    a2 = block(a1, 16, 16, "conv1", relu=not residual)
+    if residual:
+        y = b.node("Add", [a1, a2], name="res_add")
+        y = b.node("Relu", [y])
+        a2 = b.quant(y, np.float32(0.3), 0, act_bits, False, False)
+    kw = dict(kernel_shape=[2, 2], strides=[2, 2])
+    if pool_pad:
+        kw = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    p1 = b.node("MaxPool", [a2], name="pool0", **kw)
+    a3 = block(p1, 16, 32, "conv2")
+    if gap:
+        p2 = b.node("GlobalAveragePool", [a3], name="gap")
+        p2 = b.quant(p2, np.float32(0.05), 0, 8, False, False)
+        feat = 32
+    else:
+        p2 = b.node("MaxPool", [a3], name="pool1", kernel_shape=[2, 2], strides=[2, 2])
+        feat = 32 * 2 * 2
+    f = b.node("Flatten", [p2], axis=1)
+    w = b.weight((feat, 10), w_bits, axis_shape=(1, 10), pow2=pow2)
+    y = b.node("MatMul", [f, w], name="fc")
+    y = b.node("Add", [y, b.const(b.rng.normal(0, 0.3, 10).astype(np.float32), "fb")])
+    return b.model("x", [1, 1, 8, 8], y, [1, 10])

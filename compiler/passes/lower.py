@@ -143,7 +143,7 @@ class _Lowering:
         self.plan_input_shape = plan_shape
         self.env[inp] = Raw(idx)
         for node in g.nodes:
-            handler = getattr(self, "op_" + node.op.name.lower())
+            handler = getattr(self, "op_" + node.op.value.lower())
             outs = handler(node)
             if not isinstance(outs, (list, tuple)):
                 outs = [outs]
@@ -1019,13 +1019,16 @@ class _Lowering:
         lin_out = q.out_chain[0] if q.out_chain else None
         scale = tuple(float(v) for v in lin_out.a) if lin_out else (1.0,)
         zp = (tuple(float(-b / a) if a else 0.0 for a, b in zip(lin_out.a, lin_out.b)) if lin_out else (0.0,))
+        if len(set(scale)) == 1 and len(set(zp)) == 1:
+            scale, zp = scale[:1], zp[:1]
         self.add_tensor(out, self.tensors[x.src].shape, out_t, ylo, yhi, scale, zp)
         tb = max(signed_bits(int(t_arr.min(initial=0)), int(t_arr.max(initial=0))),
                  max(signed_bits(int(l) - 1, int(h) + 1) for l, h in zip(lo, hi)))
         rq = {"kind": "thresholds", "thresholds": t_arr, "descending": desc, "out_scale": int(q.step),
               "out_bias": int(out_t.min) if levels is None else 0, "out_type": out_t, "threshold_bits": int(tb)}
         self.layers.append(IntLayer(IntKind.REQUANT, name, (x.src,), out, (node.name,), {
-            "requant": rq, "input_type": self.tensors[x.src].type, "onnx_tensor": node.outputs[0]}))
+            "requant": rq, "input_type": self.tensors[x.src].type, "onnx_tensor": node.outputs[0],
+            "acc": {"range": [[int(a), int(b)] for a, b in zip(lo, hi)]}}))
         return Val(out, x.idx, q.out_chain)
 
     def input_quant(self, node, x: Raw, s, z, t: IntType, mode, qlinear=False, onnx_dtype=None) -> Val:

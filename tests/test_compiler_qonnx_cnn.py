@@ -1,0 +1,62 @@
+"""QONNX CNNs (Conv+BatchNorm+Relu+Quant, MaxPool, residual Add, GlobalAveragePool): golden == qonnx."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import compiler_graphs as cg
+from accumulus.commands.predict import predict
+from accumulus.compiler.compile import compile_model
+
+CASES = {
+    "cnn": dict(),
+    "rescnn": dict(residual=True),
+    "gap": dict(gap=True),
+    "pow2-padded-pool": dict(pow2=True, pool_pad=True),
+    "no-bn-2bit": dict(bn=False, act_bits=2, w_bits=2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cnn_golden_equals_qonnx(tmp_path, case):
+    model = cg.cnn(seed=11, **CASES[case])
+    plan = compile_model(cg.save(model, tmp_path / "m.onnx"))
+    x = np.random.default_rng(2).uniform(-0.1, 1.1, size=(1000, 1, 8, 8)).astype(np.float32)
+    x[:300] = np.round(x[:300] * 32) / 32
+    ctx = cg.qonnx_run(model, x)
+    y, env = predict(plan, x)
+    ref = ctx[model.graph.output[0].name]
+    stats, lines, all_ties = cg.compare_codes(model, plan, env, ctx)
+    for line in lines:
+        print(line)
+    assert len(stats) >= 3
+    for name, (n, bad) in stats.items():
+        assert (n - bad) / n >= 0.999, f"{name}: {bad} of {n} codes differ"
+    assert all_ties, "\n".join(lines)
+    assert (y.argmax(1) == ref.argmax(1)).mean() >= 0.999
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_cnn_plan_structure(tmp_path):
+    plan = compile_model(cg.save(cg.cnn(seed=1, residual=True), tmp_path / "m.onnx"))
+    kinds = [l["kind"] for l in plan.layers]
+    assert kinds.count("conv") == 3 and kinds.count("maxpool") == 2 and kinds.count("add") == 1
+    add = next(l for l in plan.layers if l["kind"] == "add")
+    nxt = plan.consumers(add["output"])
+    assert [l["kind"] for l in nxt] == ["requant"], "a residual sum is requantized by its own layer"
+    conv = next(l for l in plan.layers if l["kind"] == "conv")
+    assert conv["conv"]["pad_value"] == 0 and plan.array(conv["weight"]).shape == (16, 9)
+    # negative batch-norm scales give descending threshold rows
+    assert any(plan.array(l["requant"]["descending"]).any() for l in plan.layers
+               if l.get("requant") and l["requant"]["kind"] == "thresholds")
+    for l in plan.layers:
+        rq = l.get("requant")
+        if rq and rq["kind"] == "thresholds":
+            t = plan.array(rq["thresholds"])
+            rng = np.asarray(l["acc"]["range"])
+            desc = plan.array(rq["descending"])
+            for c in range(t.shape[0]):
+                lo, hi = rng[c]
+                assert (t[c] >= lo - 1).all() and (t[c] <= hi + 1).all()
+                d = np.diff(t[c])
+                assert (d <= 0).all() if desc[c] else (d >= 0).all()
