@@ -41,7 +41,7 @@ from .pool import PoolSpec
 from .swg import SWGSpec
 from .width import WidthConverter
 
-__all__ = ["EngineSpec", "Engine", "GraphSpec", "AcceleratorTop", "POLICIES", "check_policy"]
+__all__ = ["EngineSpec", "Engine", "BlackBoxEngine", "Graph", "GraphSpec", "AcceleratorTop", "POLICIES", "check_policy"]
 
 
 def check_policy(acc_policy: str) -> str:
@@ -257,6 +257,17 @@ def _jsonable(v):
         return str(v)
 
 
+def engine_signature(spec: EngineSpec) -> wiring.Signature:
+    members = {}
+    if spec.kind == "add":
+        members["a"] = In(beat_signature(spec.in_type, spec.in_elems))
+        members["b"] = In(beat_signature(spec.b_type, spec.in_elems))
+    else:
+        members["i"] = In(beat_signature(spec.in_type, spec.in_elems))
+    members["o"] = Out(beat_signature(spec.out_type, spec.out_elems))
+    return wiring.Signature(members)
+
+
 class Engine(wiring.Component):
     """A layer engine of an :class:`EngineSpec`.
 
@@ -270,14 +281,7 @@ class Engine(wiring.Component):
         if not isinstance(spec, EngineSpec):
             raise TypeError(f"spec must be an EngineSpec, got {spec!r}")
         self.spec = spec
-        members = {}
-        if spec.kind == "add":
-            members["a"] = In(beat_signature(spec.in_type, spec.in_elems))
-            members["b"] = In(beat_signature(spec.b_type, spec.in_elems))
-        else:
-            members["i"] = In(beat_signature(spec.in_type, spec.in_elems))
-        members["o"] = Out(beat_signature(spec.out_type, spec.out_elems))
-        super().__init__(members)
+        super().__init__(engine_signature(spec))
 
     def elaborate(self, platform):
         m = Module()
@@ -408,15 +412,44 @@ class GraphSpec:
                        "beats_per_frame": self.out_beats},
         }
 
-    def create(self) -> "AcceleratorTop":
-        return AcceleratorTop(self)
+    def create(self, blackbox: bool = False) -> "AcceleratorTop":
+        return AcceleratorTop(self, blackbox)
+
+
+class BlackBoxEngine(wiring.Component):
+    """An :class:`Engine`'s ports around an instance of its separately converted module.
+
+    The Verilog build converts each engine once (``rtl/layers/<module>.v``) and the
+    interconnect around these instances, then concatenates them into the top file: every
+    engine is elaborated and converted once, not twice.
+    """
+
+    def __init__(self, spec: EngineSpec):
+        self.spec = spec
+        super().__init__(engine_signature(spec))
+
+    def elaborate(self, platform):
+        from amaranth.hdl import ClockSignal, Instance, ResetSignal
+
+        m = Module()
+        ports = {"i_clk": ClockSignal(), "i_rst": ResetSignal()}
+        for path, member, value in self.signature.flatten(self):
+            prefix = "i_" if member.flow == In else "o_"
+            ports[prefix + "__".join(str(p) for p in path)] = _raw(value)
+        m.submodules.engine = Instance(self.spec.module_name, **ports)
+        return m
 
 
 class Graph(wiring.Component):
-    """The engines of a :class:`GraphSpec` joined by streams: ``i`` (input tensor), ``o`` (output)."""
+    """The engines of a :class:`GraphSpec` joined by streams: ``i`` (input tensor), ``o`` (output).
 
-    def __init__(self, spec: GraphSpec):
+    With ``blackbox=True`` each engine is an instance of its own Verilog module (for the
+    Verilog build); otherwise the engines are elaborated in place (for simulation).
+    """
+
+    def __init__(self, spec: GraphSpec, blackbox: bool = False):
         self.spec = spec
+        self.blackbox = bool(blackbox)
         super().__init__({"i": In(beat_signature(spec.in_type, spec.in_elems)),
                           "o": Out(beat_signature(spec.out_type, spec.out_elems))})
 
@@ -463,7 +496,7 @@ class Graph(wiring.Component):
 
         publish(plan.input_name, wiring.flipped(self.i), s.in_elems, s.in_type)
         for e in s.engines:
-            eng = e.create()
+            eng = BlackBoxEngine(e) if self.blackbox else e.create()
             m.submodules[e.module_name] = eng
             if e.kind == "add":
                 for port, t in zip((eng.a, eng.b), e.layer["inputs"]):
@@ -495,10 +528,11 @@ class AcceleratorTop(wiring.Component):
     m_axis_tready : ``In(1)``
     """
 
-    def __init__(self, spec: GraphSpec):
+    def __init__(self, spec: GraphSpec, blackbox: bool = False):
         if not isinstance(spec, GraphSpec):
             raise TypeError(f"spec must be a GraphSpec, got {spec!r}")
         self.spec = spec
+        self.blackbox = bool(blackbox)
         super().__init__({
             "s_axis_tdata": In(spec.in_bits), "s_axis_tvalid": In(1), "s_axis_tready": Out(1), "s_axis_tlast": In(1),
             "m_axis_tdata": Out(spec.out_bits), "m_axis_tvalid": Out(1), "m_axis_tready": In(1),
@@ -508,7 +542,7 @@ class AcceleratorTop(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         s = self.spec
-        m.submodules.graph = g = Graph(s)
+        m.submodules.graph = g = Graph(s, self.blackbox)
         in_w = s.in_elems * s.in_type.bits
         out_w = s.out_elems * s.out_type.bits
         beat = Signal(range(max(2, s.out_beats)))

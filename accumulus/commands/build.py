@@ -1,0 +1,62 @@
+"""accumulus build: plan -> Verilog (rtl/accumulus_top.v, rtl/layers/*.v, rtl/build.json)."""
+from __future__ import annotations
+
+NAME = "build"
+HELP = "Generate the accelerator's Verilog from a plan: AXI-Stream top, one file per layer engine, build.json."
+EXAMPLES = """
+  accumulus build build/digits                          # reads build/digits/plan.json, writes build/digits/rtl/
+  accumulus build build/tfc --acc-policy datatype       # accumulators at hls4ml's data-type width
+  accumulus build build/tfc --acc-policy fixed:32 --out build/tfc-fixed32
+  accumulus build build/tfc --acc-policy exact-minus:1  # deliberately one bit too narrow (wraps)
+
+Policies size the whole reduction datapath (adder tree, accumulator, threshold compare and
+storage): exact (default, per PE and per adder-tree stage), datatype, fixed:K, exact-minus:D.
+"""
+
+
+def add_arguments(p):
+    p.add_argument("dir", metavar="DIR", help="project folder holding plan.json and plan.npz (from 'accumulus compile')")
+    p.add_argument("--acc-policy", default="exact", metavar="POLICY",
+                   help="exact | datatype | fixed:K | exact-minus:D (default: exact)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: DIR); writes OUT/rtl/")
+    p.add_argument("--no-layer-files", action="store_true", help="skip rtl/layers/*.v (the top stays self-contained)")
+
+
+def run(args) -> int:
+    import time
+    from pathlib import Path
+
+    from accumulus.errors import UserError
+
+    project = Path(args.dir)
+    if not (project / "plan.json").exists():
+        raise UserError(
+            f"{project / 'plan.json'} not found: the plan is made by the compile stage; "
+            f"run 'accumulus compile MODEL.onnx --out {project}' first"
+        )
+    from accumulus.compiler.plan import Plan
+    from accumulus.hw.top import check_policy
+
+    try:
+        policy = check_policy(args.acc_policy)
+    except ValueError as exc:
+        raise UserError(f"--acc-policy: {exc}") from None
+    t0 = time.perf_counter()
+    plan = Plan.load(project)
+    print(f"accumulus build: {len(plan.layers)} layers from {project / 'plan.json'}, acc-policy {policy}", flush=True)
+
+    from accumulus.hw.build import build
+
+    out = Path(args.out) if args.out else project
+    try:
+        doc = build(plan, out, policy, layers=not args.no_layer_files,
+                    progress=lambda msg: print(f"  {msg}", flush=True))
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"cannot build {project / 'plan.json'}: {exc}") from None
+    top = doc["top"]
+    pk = top["packing"]
+    print(f"accumulus build: wrote {out / 'rtl'} in {time.perf_counter() - t0:.1f} s: "
+          f"{top['cycles_per_frame']} cycles/frame (plan estimate {top['plan_cycles_per_frame']}), "
+          f"input {pk['input']['elems_per_beat']} x {pk['input']['elem_bits']} bits/beat, "
+          f"output {pk['output']['elems_per_beat']} x {pk['output']['elem_bits']} bits/beat")
+    return 0
