@@ -115,6 +115,7 @@ class Graph:
     source: str = ""
     sha256: str = ""
     input_dtype: str = "float32"         # numpy dtype of the data input
+    annotations: dict = field(default_factory=dict, hash=False, compare=False)  # tensor -> FINN datatype
 
     def verify(self) -> None:
         known = set(self.inputs) | set(self.constants)

@@ -242,3 +242,48 @@ def cnn(seed=0, residual=False, gap=False, act_bits=4, w_bits=4, pow2=False, bn=
     y = b.node("MatMul", [f, w], name="fc")
     y = b.node("Add", [y, b.const(b.rng.normal(0, 0.3, 10).astype(np.float32), "fb")])
     return b.model("x", [1, 1, 8, 8], y, [1, 10])
+
+
+def finn_mlp(seed=0, domain=QDOM, n_in=64, hidden=64, n_out=10, sample=None):
+    """FINN streamlined style: UINT5-annotated integer input, integer-valued float weights
+    (INT4-annotated), MultiThreshold on the accumulators (unsigned, then signed via out_bias),
+    final per-channel Mul + Add."""
+    rng = np.random.default_rng(seed)
+    b = Builder(seed, domain)
+    x_in = rng.integers(0, 17, size=(256, n_in)) if sample is None else sample
+    annotations = {"x": "UINT5"}
+
+    def thresholds(acc, levels, half):
+        q = np.quantile(acc, np.linspace(0.05, 0.95, levels), axis=0).T        # (C, levels)
+        q = np.round(q)
+        if half:
+            q = q + 0.5
+        return np.sort(q, axis=1).astype(np.float32)
+
+    w1 = rng.integers(-7, 8, size=(n_in, hidden)).astype(np.float32)
+    w1n = b.const(w1, "w")
+    annotations[w1n] = "INT4"
+    y = b.node("MatMul", ["x", w1n], name="fc0")
+    acc = x_in @ w1
+    t1 = thresholds(acc, 15, half=False)
+    y = b.node("MultiThreshold", [y, b.const(t1, "thr")], domain=domain, name="mt0", out_dtype="UINT4",
+               data_layout="NC")
+    h = (acc[:, :, None] >= t1[None]).sum(-1)
+    w2 = rng.integers(-7, 8, size=(hidden, hidden)).astype(np.float32)
+    y = b.node("MatMul", [y, b.const(w2, "w")], name="fc1")
+    acc = h @ w2
+    t2 = thresholds(acc, 15, half=True)
+    y = b.node("MultiThreshold", [y, b.const(t2, "thr")], domain=domain, name="mt1", out_dtype="INT4",
+               out_bias=-8.0, out_scale=1.0, data_layout="NC")
+    w3 = rng.integers(-7, 8, size=(hidden, n_out)).astype(np.float32)
+    y = b.node("MatMul", [y, b.const(w3, "w")], name="fc2")
+    y = b.node("Mul", [y, b.const(rng.uniform(0.01, 0.1, (1, n_out)).astype(np.float32), "s")])
+    y = b.node("Add", [y, b.const(rng.normal(0, 1, (1, n_out)).astype(np.float32), "b")])
+    m = b.model("x", [1, n_in], y, [1, n_out])
+    for name, dt in annotations.items():
+        qa = onnx.TensorAnnotation()
+        qa.tensor_name = name
+        kv = qa.quant_parameter_tensor_names.add()
+        kv.key, kv.value = "finn_datatype", dt
+        m.graph.quantization_annotation.append(qa)
+    return m

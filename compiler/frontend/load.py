@@ -262,6 +262,11 @@ def load(path, binds: dict[str, np.ndarray] | None = None) -> Graph:
         in_dtype = str(helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type))
     except (KeyError, ValueError):
         raise UserError(f"{path}: data input '{inp.name}' has no usable element type") from None
-    graph = Graph(tuple(nodes), (inp.name,), outputs, consts, shapes, meta, str(path), sha, in_dtype)
+    annotations = {}
+    for qa in g.quantization_annotation:
+        for kv in qa.quant_parameter_tensor_names:
+            if kv.key == "finn_datatype":
+                annotations[qa.tensor_name] = kv.value
+    graph = Graph(tuple(nodes), (inp.name,), outputs, consts, shapes, meta, str(path), sha, in_dtype, annotations)
     graph.verify()
     return graph

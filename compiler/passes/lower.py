@@ -142,6 +142,11 @@ class _Lowering:
                 plan_shape = tuple(shape)
         self.plan_input_shape = plan_shape
         self.env[inp] = Raw(idx)
+        ft = finn_type(g.annotations.get(inp))
+        if ft is not None:
+            # FINN convention: an input annotated with an integer datatype already holds codes
+            self.env[inp] = self.input_quant(Node(Op.IDENTITY, "input", (inp,), (inp,)), Raw(idx), np.float32(1),
+                                             np.float32(0), ft, "ROUND")
         for node in g.nodes:
             handler = getattr(self, "op_" + node.op.value.lower())
             outs = handler(node)
@@ -503,7 +508,7 @@ class _Lowering:
         return self._affine(node, x, s, -(zpf * s))
 
     # MAC layers --------------------------------------------------------------------------------
-    def _weights(self, node, w, what="weights"):
+    def _weights(self, node, w, what="weights", name=None):
         """(codes, zero point, scale) of a weight operand."""
         if isinstance(w, QConst):
             return w
@@ -512,6 +517,15 @@ class _Lowering:
             if np.issubdtype(c.dtype, np.integer):
                 t = _dtype_type(node, c.dtype, self)
                 return QConst(c.astype(np.int64), np.ones((), np.float32), np.zeros(()), t, c)
+            ft = finn_type(self.g.annotations.get(name)) if name else None
+            if np.all(np.isfinite(c)) and np.all(c == np.round(c)):
+                # integer-valued float weights (FINN streamlined graphs): codes with unit scale
+                if ft is None:
+                    lo, hi = int(c.min(initial=0)), int(c.max(initial=0))
+                    ft = IntType(signed_bits(lo, hi), True) if lo < 0 else IntType(max(1, hi.bit_length()), False)
+                if c.size and (c.min() < ft.min or c.max() > ft.max):
+                    self.err(node, f"{what} leave their annotated type {ft}")
+                return QConst(c.astype(np.int64), np.ones((), np.float32), np.zeros(()), ft, c)
             self.err(node, f"{what} are float, not quantized: quantize them (Quant / QuantizeLinear) or "
                            "export with a weight quantizer")
         self.err(node, f"{what} must be constant (a second activation input is not supported)")
@@ -531,7 +545,8 @@ class _Lowering:
 
     def op_matmul(self, node, w_override=None, bias=None, alpha=1.0):
         x = self.env[node.inputs[0]]
-        w = w_override if w_override is not None else self._weights(node, self.env[node.inputs[1]])
+        w = w_override if w_override is not None else self._weights(node, self.env[node.inputs[1]],
+                                                                     name=node.inputs[1])
         return self.matvec(node, x, w, bias, alpha)
 
     def matvec(self, node, x, w: QConst, bias, alpha, transposed=False):
@@ -604,7 +619,7 @@ class _Lowering:
         x = self.env[node.inputs[0]]
         if node.attr("transA", 0):
             self.err(node, "transA=1 is not supported")
-        w = self._weights(node, self.env[node.inputs[1]])
+        w = self._weights(node, self.env[node.inputs[1]], name=node.inputs[1])
         if node.attr("transB", 0):
             w = QConst(w.codes.T, np.asarray(w.scale).T if np.ndim(w.scale) == 2 else _t1(w.scale),
                        np.asarray(w.zero_point).T if np.ndim(w.zero_point) == 2 else _t1(w.zero_point),
@@ -616,7 +631,7 @@ class _Lowering:
 
     def op_conv(self, node, w=None, bias=None, x=None):
         x = x if x is not None else self.env[node.inputs[0]]
-        w = w if w is not None else self._weights(node, self.env[node.inputs[1]])
+        w = w if w is not None else self._weights(node, self.env[node.inputs[1]], name=node.inputs[1])
         if bias is None and node.op is Op.CONV and len(node.inputs) > 2 and node.inputs[2]:
             bias = np.asarray(self.const_of(node, node.inputs[2], "bias"), dtype=np.float64)
         lin = self._mac_input(node, x)
@@ -1120,6 +1135,18 @@ class _Lowering:
                   "onnx_dtype": out_dtype, "index": v.idx.reshape(-1)}
         spec = dict(self.input_spec)
         return IntGraph(tuple(self.layers), dict(self.tensors), spec, output, tuple(self.notes))
+
+
+def finn_type(name):
+    """A FINN datatype name (UINT4, INT8, BINARY, TERNARY) -> IntType, None if absent/float."""
+    import re
+    if not name:
+        return None
+    m = re.fullmatch(r"(U?)INT(\d+)", name)
+    if m:
+        return IntType(int(m.group(2)), not m.group(1))
+    return {"BINARY": IntType(1, False), "TERNARY": IntType(2, True, True),
+            "BIPOLAR": IntType(2, True, True)}.get(name)
 
 
 def _chain_val(chain, c, acc):
