@@ -52,47 +52,31 @@ def yowasp_env(board: Board) -> dict:
 
 
 def rtl_files(rtl_dir: Path) -> dict[str, str]:
-    """Every Verilog file of a build (``rtl/*.v`` and ``rtl/layers/*.v``), name -> text."""
-    rtl_dir = Path(rtl_dir)
-    files = sorted(rtl_dir.glob("*.v")) + sorted(rtl_dir.glob("layers/*.v"))
-    if not files:
-        raise UserError(f"{rtl_dir}: no Verilog files; run 'accumulus build {rtl_dir.parent}' first")
-    out = {}
-    for f in files:
-        key = f.name if f.parent == rtl_dir else f"layers_{f.name}"
-        out[key] = f.read_text()
-    return out
+    """The self-contained top Verilog of a build (``rtl/accumulus_top.v``), name -> text.
 
-
-def harness_params(top_text: str, build: dict | None = None, plan=None) -> dict:
-    """``in_elems``, ``in_width``, ``frame_elems``, ``out_bits`` of the harness for one top.
-
-    ``in_width`` and ``frame_elems`` come from the plan's input tensor; ``in_elems`` from the
-    width of ``s_axis_tdata`` (padded to bytes, so the plan's first-layer SIMD decides when
-    there is padding).
+    ``rtl/layers/*.v`` repeat modules of the top (they exist for unit co-simulation), so
+    they are not added.
     """
-    from .harness import verilog_ports
+    rtl_dir = Path(rtl_dir)
+    top = rtl_dir / "accumulus_top.v"
+    build = rtl_dir / "build.json"
+    if build.exists():
+        top = rtl_dir / json.loads(build.read_text())["top"]["file"]
+    if not top.exists():
+        raise UserError(f"{top} not found; run 'accumulus build {rtl_dir.parent}' first")
+    return {top.name: top.read_text()}
 
-    ports = verilog_ports(top_text)
-    if plan is None:
-        raise UserError("harness_params needs the plan (input type and shape)")
-    itype = plan.tensor_type(plan.input_name)
-    shape = plan.tensor_shape(plan.input_name)
-    frame = 1
-    for d in shape:
-        frame *= int(d)
-    in_elems = None
-    if build:
-        in_elems = build.get("in_elems") or build.get("input", {}).get("elems") if isinstance(build.get("input"), dict) \
-            else build.get("in_elems")
-    if not in_elems:
-        first = next((l for l in plan.layers if l["kind"] in ("matvec", "conv")), None)
-        in_elems = int(first["folding"]["simd"]) if first and first["kind"] == "matvec" else 1
-        # the beat holds in_elems codes padded to a multiple of 8 bits; check that it matches
-        if (in_elems * itype.bits + 7) // 8 * 8 != ports["s_axis_tdata"] and in_elems * itype.bits != ports["s_axis_tdata"]:
-            in_elems = max(1, ports["s_axis_tdata"] // itype.bits)
-    return {"in_elems": int(in_elems), "in_width": itype.bits, "frame_elems": frame,
-            "out_bits": ports["m_axis_tdata"], "in_bits": ports["s_axis_tdata"]}
+
+def harness_params(build_doc: dict) -> dict:
+    """``in_elems``, ``in_width``, ``frame_elems``, ``out_bits``, ``in_bits`` of the UART
+    harness for one build (``rtl/build.json``: the top's ports and packing)."""
+    pk = build_doc["top"]["packing"]
+    ports = {p["name"]: int(p["bits"]) for p in build_doc["top"]["ports"]}
+    inp = pk["input"]
+    return {"in_elems": int(inp["elems_per_beat"]), "in_width": int(inp["elem_bits"]),
+            "frame_elems": int(inp["elems_per_beat"]) * int(inp["beats_per_frame"]),
+            "out_bits": ports["m_axis_tdata"], "in_bits": ports["s_axis_tdata"],
+            "out_beats_per_frame": int(pk["output"]["beats_per_frame"]), "output_kind": pk["output"].get("kind")}
 
 
 def _harness_top(board: Board, files: dict[str, str], params: dict):

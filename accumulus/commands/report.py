@@ -1,0 +1,76 @@
+"""accumulus report: resources and Fmax per layer under each accumulator policy, on one board."""
+from __future__ import annotations
+
+NAME = "report"
+HELP = "Synthesise, place and route each accumulator policy; per-layer savings, fit, Fmax, estimator error."
+EXAMPLES = """
+  accumulus report build/digits --board icebreaker
+  accumulus report build/tfc --board ulx3s-85f --policies exact,fixed:32
+  accumulus report build/tfc --board arty-a7-35t --no-pnr          # Yosys numbers + Vivado TCL/XDC
+  accumulus report build/tfc --board ulx3s-85f --estimate-only     # compiler/cost.py only, milliseconds
+  accumulus report build/demo --board icebreaker --synthetic-preset digits-mlp   # no trained plan yet
+"""
+
+
+def add_arguments(p):
+    p.add_argument("project", metavar="DIR", help="project folder with plan.json (+ plan.npz)")
+    p.add_argument("--board", required=True, metavar="B",
+                   help="icebreaker | ulx3s-85f | arty-a7-35t, or the path of a board JSON file")
+    p.add_argument("--policies", default="exact,datatype,fixed:32",
+                   help="comma-separated accumulator policies: exact, datatype, fixed:K, exact-minus:D "
+                        "(default: exact,datatype,fixed:32)")
+    p.add_argument("--estimate-only", action="store_true", help="only the cost model: no build, no synthesis")
+    p.add_argument("--no-pnr", action="store_true", help="skip place and route (Yosys numbers only)")
+    p.add_argument("--variants", default=None,
+                   help="synthesis variants, comma-separated: lut (multipliers in LUTs), dsp (hard multipliers); "
+                        "default: lut on iCE40, lut,dsp elsewhere")
+    p.add_argument("--jobs", "-j", type=int, default=None, help="parallel synthesis jobs (default: CPU count)")
+    p.add_argument("--synthetic-preset", default=None, metavar="NAME",
+                   help="when DIR has no plan.json, write the synthetic stand-in of a preset "
+                        "(digits-mlp, mnist-tfc) there first; the report says so")
+    p.add_argument("--out", default=None, help="write reports/ under this folder (default: DIR)")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from accumulus.boards.boards import load_board
+    from accumulus.boards.report import run_report
+    from accumulus.errors import UserError
+
+    board = load_board(args.board)
+    project = Path(args.project)
+    note = None
+    if args.synthetic_preset:
+        from accumulus.boards.presets import preset_plan
+
+        plan, note = preset_plan(args.synthetic_preset)
+        if (project / "plan.json").exists():
+            raise UserError(f"{project}/plan.json exists; --synthetic-preset only fills an empty project folder")
+        plan.save(project)
+        print(f"wrote {project}/plan.json: {note}")
+    elif (project / "plan.json").exists():
+        from accumulus.compiler.plan import Plan
+
+        opts = Plan.load(project).doc.get("options", {})
+        if opts.get("synthetic"):
+            note = f"synthetic plan ({Plan.load(project).doc['source']['model']})"
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    if variants and any(v not in ("lut", "dsp") for v in variants):
+        raise UserError(f"--variants {args.variants}: each variant is 'lut' or 'dsp'")
+    doc = run_report(project, board, policies, estimate_only=args.estimate_only, pnr=not args.no_pnr,
+                     variants=variants, workers=args.jobs, out=Path(args.out) if args.out else None, plan_note=note)
+    rep = Path(args.out or project) / "reports"
+    for pol in doc["policies"]:
+        p = doc["policy"][pol]
+        for var, syn in p.get("synth", {}).items():
+            if syn.get("ok"):
+                t = syn["total"]
+                fits = all(v["fits"] for v in syn["fits"].values())
+                print(f"{pol:>12} {var:>3}: LUT {t['lut']} FF {t['ff']} carry {t['carry']} DSP {t['dsp']} "
+                      f"BRAM bits {t['bram_bits']}  fits {board.id}: {'yes' if fits else 'NO'}")
+        if p.get("pnr"):
+            print(f"{pol:>12} PnR: fits {'yes' if p['pnr']['fits'] else 'no'}, Fmax {p['pnr']['fmax_mhz']} MHz")
+    print(f"report: {rep / 'report.md'}")
+    return 0

@@ -1,0 +1,530 @@
+"""``accumulus report``: what the accumulator widths buy, per layer, on one board.
+
+For each policy of ``policies`` (default ``exact, datatype, fixed:32``) the plan is built
+with ``hw/build.py`` into ``DIR/reports/<policy>/rtl`` and the whole top is synthesised
+with the same Yosys options for every policy (one job per policy and per variant: LUT-only,
+and with hard multipliers where the family has them). Each netlist is split per layer and
+into multipliers / reduction datapath / thresholds / rest (:mod:`.split`); place and route
+inside the UART harness gives Fmax and whether it fits (iCE40, ECP5); for Xilinx the Vivado
+TCL/XDC are written. The cost model ``compiler/cost.py`` is evaluated beside Yosys.
+
+Outputs: ``DIR/reports/report.json`` (numbers, tool versions, options), ``report.md``,
+and PNG plots (``widths.png``, ``lut_per_layer.png``, ``dsp_per_layer.png``,
+``estimator.png``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from accumulus.compiler.plan import Plan
+from accumulus.compiler import cost as cost_model
+from accumulus.errors import UserError
+
+from .boards import Board
+from .split import CATEGORIES, split_netlist
+from .synth import RESOURCE_KEYS, SynthJob, run_many, yosys_version
+
+__all__ = ["DEFAULT_POLICIES", "policy_dir", "policy_widths", "estimate_layers", "run_report", "variants_for",
+           "threshold_storage_bits"]
+
+DEFAULT_POLICIES = ("exact", "datatype", "fixed:32")
+DELTA_KEYS = ("lut", "ff", "carry", "dsp", "bram_bits")
+
+
+def policy_dir(policy: str) -> str:
+    """Folder name of a policy under ``reports/`` (``fixed:32`` -> ``fixed-32``)."""
+    return policy.replace(":", "-")
+
+
+def check_policy(policy: str) -> str:
+    if policy in ("exact", "datatype"):
+        return policy
+    m = re.fullmatch(r"(fixed|exact-minus):(\d+)", policy)
+    if not m or int(m.group(2)) < 1:
+        raise UserError(f"unknown accumulator policy '{policy}': use exact, datatype, fixed:K or exact-minus:D")
+    return policy
+
+
+def policy_widths(layer: dict, policy: str) -> list[int]:
+    """Accumulator width per PE under ``policy`` (the numbers ``hw/`` builds; numpy-only)."""
+    exact = [int(b) for b in layer["folding"]["pe_acc_bits"]]
+    if policy == "exact":
+        return exact
+    if policy == "datatype":
+        return [int(layer["acc"]["bits"]["datatype"])] * len(exact)
+    kind, k = policy.split(":")
+    if kind == "fixed":
+        return [int(k)] * len(exact)
+    return [max(1, b - int(k)) for b in exact]
+
+
+def threshold_storage_bits(plan: Plan, layer: dict, threshold_bits) -> int:
+    """Bits of threshold ROM of one layer: channels x levels x stored width (per PE)."""
+    rq = layer.get("requant")
+    if not rq or rq.get("kind") != "thresholds":
+        return 0
+    levels = int(plan.array(rq["thresholds"]).shape[1])
+    pe = int(layer["folding"]["pe"])
+    per_pe = int(layer["channels"]) // pe
+    tb = threshold_bits if isinstance(threshold_bits, (list, tuple)) else [threshold_bits] * pe
+    return int(sum(per_pe * levels * int(b) for b in tb))
+
+
+def estimate_layers(plan: Plan, policy: str, family: str, coeff: dict | None = None,
+                    built: dict | None = None) -> dict:
+    """compiler/cost.py per MAC layer under ``policy`` (``built``: build.json layers by name)."""
+    coeff = coeff or cost_model.load_coefficients(family)
+    out = {}
+    for layer in plan.layers:
+        if layer["kind"] not in ("matvec", "conv"):
+            continue
+        b = (built or {}).get(layer["name"], {})
+        acc = b.get("acc_bits") or policy_widths(layer, policy)
+        tb = b.get("threshold_bits") or ([a + 1 for a in acc] if layer.get("requant") else [])
+        rq = layer.get("requant")
+        levels = int(plan.array(rq["thresholds"]).shape[1]) if rq and rq["kind"] == "thresholds" else 0
+        fold = layer["folding"]
+        est = cost_model.mac_layer_cost(
+            IntTypeBits(layer["weight_type"]), IntTypeBits(layer["input_type"]), int(layer["channels"]),
+            int(layer["fan_in"]), int(fold["pe"]), int(fold["simd"]), acc, levels, max(tb) if tb else 0, coeff)
+        est["threshold_storage_bits"] = threshold_storage_bits(plan, layer, tb) if tb else 0
+        out[layer["name"]] = {k: float(v) for k, v in est.items()}
+    return out
+
+
+def IntTypeBits(t: dict) -> int:  # noqa: N802 - reads like a type conversion
+    return int(t["bits"])
+
+
+def variants_for(board: Board) -> list[str]:
+    """Synthesis variants: ``lut`` (multipliers in LUTs) everywhere, ``dsp`` where it differs."""
+    if board.family == "ice40":
+        return ["lut"]        # synth_ice40 maps no 4-bit products to SB_MAC16 anyway
+    return ["lut", "dsp"]
+
+
+def _group(name: str):
+    m = re.search(r"(^|\.)(layer_\w+?)(\.|$|\s|\[)", name.lstrip("\\"))
+    return m.group(2) if m else None
+
+
+def _sum(parts: dict) -> dict:
+    return {k: int(sum(p.get(k, 0) for p in parts.values())) for k in RESOURCE_KEYS}
+
+
+def _ratio(a, b):
+    if not b:
+        return None if not a else float("inf")
+    return round(a / b, 3)
+
+
+def run_report(project: Path, board: Board, policies=DEFAULT_POLICIES, *, estimate_only: bool = False,
+               pnr: bool = True, variants: list[str] | None = None, workers: int | None = None,
+               out: Path | None = None, plan_note: str | None = None, progress: bool = True) -> dict:
+    """Build, synthesise, place and route ``project``'s plan under each policy; write the report."""
+    project = Path(project)
+    out = Path(out or project)
+    rep_dir = out / "reports"
+    rep_dir.mkdir(parents=True, exist_ok=True)
+    plan = Plan.load(project)
+    policies = [check_policy(p) for p in policies]
+    if not policies:
+        raise UserError("--policies is empty: give at least one of exact, datatype, fixed:K, exact-minus:D")
+    variants = list(variants or variants_for(board))
+    workers = workers or os.cpu_count() or 1
+    say = (lambda m: print(f"report: {m}", file=sys.stderr)) if progress else (lambda m: None)
+    t0 = time.monotonic()
+    macs = [l for l in plan.layers if l["kind"] in ("matvec", "conv")]
+    note = plan_note or plan.doc.get("source", {}).get("model")
+
+    widths = {}
+    for l in macs:
+        bits = l["acc"]["bits"]
+        widths[l["name"]] = {"datatype": int(bits["datatype"]), "a2q": int(max(bits["a2q"])),
+                             "a2q_plus": int(max(bits["a2q_plus"])), "exact": int(max(bits["exact"])),
+                             "target": bits.get("target"), "pe_acc_bits": [int(b) for b in l["folding"]["pe_acc_bits"]],
+                             "pe": int(l["folding"]["pe"]), "simd": int(l["folding"]["simd"]),
+                             "fan_in": int(l["fan_in"]), "channels": int(l["channels"])}
+
+    doc: dict = {
+        "format_version": 1, "board": board.doc, "plan": {"source": note, "dir": str(project)},
+        "policies": policies, "variants": variants, "widths": widths,
+        "options": {"estimate_only": estimate_only, "pnr": pnr, "workers": workers},
+        "tools": {}, "policy": {},
+    }
+    coeff = cost_model.load_coefficients(board.family)
+
+    builds = {}
+    if not estimate_only:
+        from accumulus.hw.build import build as hw_build
+        import amaranth
+
+        doc["tools"]["amaranth"] = amaranth.__version__
+        for pol in policies:
+            d = rep_dir / policy_dir(pol)
+            say(f"building {pol} -> {d / 'rtl'}")
+            builds[pol] = hw_build(plan, d, pol)
+    for pol in policies:
+        built = {l["layer"]: l for l in builds.get(pol, {}).get("layers", [])}
+        doc["policy"][pol] = {"estimate": estimate_layers(plan, pol, board.family, coeff, built),
+                              "acc_bits": {n: (built.get(n, {}).get("acc_bits") or policy_widths(plan.layer(n), pol))
+                                           for n in widths}}
+    if estimate_only:
+        return _finish(doc, rep_dir, plan, board, t0, say)
+
+    # -- synthesis: one flat job per policy and variant, split per layer and category -------
+    doc["tools"]["yosys"] = yosys_version()
+    jobs, keys = [], []
+    for pol in policies:
+        rtl = rep_dir / policy_dir(pol) / "rtl"
+        for var in variants:
+            jobs.append(SynthJob(f"{pol}/{var}", [rtl / builds[pol]["top"]["file"]], builds[pol]["top"]["module"],
+                                 board.family, rep_dir / policy_dir(pol) / f"synth-{board.family}-{var}",
+                                 dsp=(var == "dsp"), flatten=True, netlist=True))
+            keys.append((pol, var))
+    say(f"{len(jobs)} synthesis jobs on {workers} worker(s)")
+    pnr_futures = {}
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
+    results = run_many(jobs, workers=workers, progress=progress, desc="yosys")
+    for (pol, var), job, res in zip(keys, jobs, results):
+        entry = doc["policy"][pol].setdefault("synth", {})
+        if not res.ok:
+            entry[var] = {"ok": False, "error": res.error}
+            continue
+        split = split_netlist(job.out_dir / "netlist.json", board.family, top=job.top, group=_group)
+        module_to_layer = {l["module"]: l["layer"] for l in builds[pol]["layers"]}
+        per_layer = {}
+        for mod, cats in split.items():
+            per_layer[module_to_layer.get(mod, "rest" if mod == "rest" else mod)] = {
+                "categories": cats, "total": _sum(cats)}
+        entry[var] = {"ok": True, "total": res.total, "seconds": round(res.seconds, 1), "layers": per_layer,
+                      "script": res.script, "dir": str(job.out_dir),
+                      "fits": board.fits({"lut": res.total["lut"], "ff": res.total["ff"], "dsp": res.total["dsp"],
+                                          "bram_bits": res.total["bram_bits"]})}
+        doc["script"] = res.script
+    # -- place and route -------------------------------------------------------------------
+    if pnr and board.has_open_pnr:
+        from .pnr import harness_params, place_and_route
+
+        pvar = "dsp" if "dsp" in variants else variants[0]
+        for pol in policies:
+            params = harness_params(builds[pol])
+            d = rep_dir / policy_dir(pol)
+            pnr_futures[pol] = pool.submit(place_and_route, board, d / "rtl", d / f"pnr-{board.family}-{pvar}",
+                                           params, dsp=(pvar == "dsp"))
+        say(f"place and route ({len(pnr_futures)} runs, variant {pvar}) ...")
+        for pol, fut in pnr_futures.items():
+            r = fut.result()
+            doc["policy"][pol]["pnr"] = r
+            say(f"{pol}: fits={r['fits']} fmax={r['fmax_mhz']} MHz ({r['seconds']} s)")
+        from .pnr import _tool
+
+        doc["tools"]["nextpnr"] = _tool_version(_tool(f"yowasp-nextpnr-{board.family}"))
+    elif board.family == "xc7":
+        from .pnr import harness_params, vivado_plan
+
+        for pol in policies:
+            d = rep_dir / policy_dir(pol)
+            doc["policy"][pol]["vivado"] = vivado_plan(board, d / "rtl", d / "vivado", harness_params(builds[pol]))
+    pool.shutdown()
+    # threshold storage as built, from build.json
+    for pol in policies:
+        for l in builds[pol]["layers"]:
+            if l.get("threshold_bits"):
+                doc["policy"][pol]["estimate"][l["layer"]]["threshold_storage_bits"] = threshold_storage_bits(
+                    plan, plan.layer(l["layer"]), l["threshold_bits"])
+    return _finish(doc, rep_dir, plan, board, t0, say)
+
+
+def _tool_version(exe: str) -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except Exception as exc:  # a version string is informational only
+        return f"unknown ({exc})"
+
+
+# -- savings ----------------------------------------------------------------------------------
+def savings(doc: dict, base: str = "exact") -> dict:
+    """Per variant, per other policy: per layer and category ``other / base`` ratios and deltas."""
+    out = {}
+    pols = doc["policies"]
+    if base not in pols:
+        return out
+    for var in doc["variants"]:
+        b = doc["policy"][base].get("synth", {}).get(var)
+        if not b or not b.get("ok"):
+            continue
+        for other in pols:
+            if other == base:
+                continue
+            o = doc["policy"][other].get("synth", {}).get(var)
+            if not o or not o.get("ok"):
+                continue
+            rows = {}
+            for layer in b["layers"]:
+                if layer not in o["layers"]:
+                    continue
+                cats = {}
+                for cat in CATEGORIES + ("total",):
+                    bv = b["layers"][layer]["total"] if cat == "total" else b["layers"][layer]["categories"][cat]
+                    ov = o["layers"][layer]["total"] if cat == "total" else o["layers"][layer]["categories"][cat]
+                    cats[cat] = {k: {"base": bv[k], "other": ov[k], "delta": ov[k] - bv[k], "ratio": _ratio(ov[k], bv[k])}
+                                 for k in DELTA_KEYS}
+                ts_b = doc["policy"][base]["estimate"].get(layer, {}).get("threshold_storage_bits", 0)
+                ts_o = doc["policy"][other]["estimate"].get(layer, {}).get("threshold_storage_bits", 0)
+                cats["thresholds"]["storage_bits"] = {"base": ts_b, "other": ts_o, "delta": ts_o - ts_b,
+                                                      "ratio": _ratio(ts_o, ts_b)}
+                rows[layer] = cats
+            tot = {k: {"base": b["total"][k], "other": o["total"][k], "delta": o["total"][k] - b["total"][k],
+                       "ratio": _ratio(o["total"][k], b["total"][k])} for k in DELTA_KEYS}
+            fb = doc["policy"][base].get("pnr", {}).get("fmax_mhz")
+            fo = doc["policy"][other].get("pnr", {}).get("fmax_mhz")
+            tot["fmax_mhz"] = {"base": fb, "other": fo, "ratio": _ratio(fb, fo) if fb and fo else None}
+            out.setdefault(var, {})[other] = {"layers": rows, "total": tot}
+    return out
+
+
+def _finish(doc, rep_dir: Path, plan: Plan, board: Board, t0: float, say) -> dict:
+    doc["savings"] = savings(doc)
+    doc["estimator"] = _estimator_error(doc)
+    doc["seconds"] = round(time.monotonic() - t0, 1)
+    (rep_dir / "report.json").write_text(json.dumps(doc, indent=1, default=_json_default) + "\n")
+    try:
+        plots = write_plots(doc, rep_dir)
+    except ImportError as exc:
+        plots = []
+        say(f"no plots: {exc} (install matplotlib)")
+    doc["plots"] = plots
+    (rep_dir / "report.md").write_text(render_markdown(doc))
+    (rep_dir / "report.json").write_text(json.dumps(doc, indent=1, default=_json_default) + "\n")
+    say(f"wrote {rep_dir / 'report.json'}, {rep_dir / 'report.md'} and {len(plots)} plot(s) in {doc['seconds']} s")
+    return doc
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def _estimator_error(doc) -> dict:
+    """Estimator LUT/FF against Yosys (LUT-only variant), per policy and layer."""
+    out = {}
+    for pol in doc["policies"]:
+        syn = doc["policy"][pol].get("synth", {}).get("lut")
+        if not syn or not syn.get("ok"):
+            continue
+        rows = {}
+        for layer, est in doc["policy"][pol]["estimate"].items():
+            y = syn["layers"].get(layer)
+            if not y:
+                continue
+            rows[layer] = {"lut_est": round(est["lut"]), "lut_yosys": y["total"]["lut"],
+                           "lut_err": round(est["lut"] / y["total"]["lut"] - 1, 3) if y["total"]["lut"] else None,
+                           "ff_est": round(est["ff"]), "ff_yosys": y["total"]["ff"],
+                           "ff_err": round(est["ff"] / y["total"]["ff"] - 1, 3) if y["total"]["ff"] else None}
+        out[pol] = rows
+    return out
+
+
+# -- plots ------------------------------------------------------------------------------------
+def write_plots(doc: dict, rep_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    layers = list(doc["widths"])
+    x = np.arange(len(layers))
+    # widths per layer
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    kinds = [("datatype", "data-type bound"), ("a2q", "A2Q"), ("a2q_plus", "A2Q+"), ("exact", "exact"),
+             ("target", "target P")]
+    wbar = 0.16
+    for i, (k, label) in enumerate(kinds):
+        vals = [doc["widths"][l][k] if doc["widths"][l][k] is not None else 0 for l in layers]
+        ax.bar(x + (i - 2) * wbar, vals, wbar, label=label)
+    ax.set_xticks(x, layers)
+    ax.set_ylabel("accumulator bits (widest channel)")
+    ax.set_title("Accumulator widths per layer")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(rep_dir / "widths.png", dpi=110)
+    plt.close(fig)
+    files.append("widths.png")
+    # LUT and DSP per layer per policy
+    for key, fname in (("lut", "lut_per_layer.png"), ("dsp", "dsp_per_layer.png")):
+        series = []
+        for pol in doc["policies"]:
+            for var, syn in doc["policy"][pol].get("synth", {}).items():
+                if syn.get("ok"):
+                    series.append((f"{pol} ({var})", [syn["layers"].get(l, {}).get("total", {}).get(key, 0)
+                                                     for l in layers]))
+        if not series or (key == "dsp" and not any(any(v) for _, v in series)):
+            continue
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        wbar = 0.8 / len(series)
+        for i, (label, vals) in enumerate(series):
+            ax.bar(x + (i - (len(series) - 1) / 2) * wbar, vals, wbar, label=label)
+        ax.set_xticks(x, layers)
+        ax.set_ylabel(key.upper())
+        ax.set_title(f"{key.upper()} per layer and policy (Yosys, {doc['board']['id']})")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(rep_dir / fname, dpi=110)
+        plt.close(fig)
+        files.append(fname)
+    # estimator vs Yosys
+    pts = [(r["lut_yosys"], r["lut_est"], pol) for pol, rows in doc.get("estimator", {}).items() for r in rows.values()]
+    if pts:
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        for pol in doc["policies"]:
+            p = [(a, b) for a, b, q in pts if q == pol]
+            if p:
+                ax.scatter(*zip(*p), label=pol)
+        hi = max(max(a, b) for a, b, _ in pts) * 1.1
+        ax.plot([0, hi], [0, hi], "k--", lw=0.8)
+        ax.plot([0, hi], [0, hi * 1.15], "k:", lw=0.6)
+        ax.plot([0, hi], [0, hi * 0.85], "k:", lw=0.6)
+        ax.set_xlabel("Yosys LUT (per layer)")
+        ax.set_ylabel("compiler/cost.py LUT")
+        ax.set_title("Estimator vs Yosys (dotted: ±15%)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(rep_dir / "estimator.png", dpi=110)
+        plt.close(fig)
+        files.append("estimator.png")
+    return files
+
+
+# -- markdown ---------------------------------------------------------------------------------
+def _fmt_ratio(r):
+    if r is None:
+        return "-"
+    if r == float("inf"):
+        return "inf"
+    return f"{r:.2f}x"
+
+
+def render_markdown(doc: dict) -> str:
+    b = doc["board"]
+    lines = [f"# accumulus report: {b.get('name', b['id'])} ({b['part']}, {b['family']})", ""]
+    lines.append(f"Plan: {doc['plan']['source']}  ")
+    lines.append(f"Policies: {', '.join(doc['policies'])}; synthesis variants: {', '.join(doc['variants'])} "
+                 "(`lut`: multipliers in LUTs; `dsp`: hard multipliers)  ")
+    tools = ", ".join(f"{k} {v}" for k, v in doc["tools"].items())
+    lines.append(f"Tools: {tools or 'none (estimate only)'}")
+    lines.append("")
+    lines.append("## Accumulator widths (widest channel per layer)")
+    lines.append("| layer | K | N | PE | SIMD | data-type | A2Q | A2Q+ | exact | target P | per-PE exact |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for l, w in doc["widths"].items():
+        lines.append(f"| {l} | {w['fan_in']} | {w['channels']} | {w['pe']} | {w['simd']} | {w['datatype']} | {w['a2q']} | "
+                     f"{w['a2q_plus']} | {w['exact']} | {w['target'] if w['target'] is not None else '-'} | "
+                     f"{w['pe_acc_bits']} |")
+    lines.append("")
+    # fit and fmax
+    lines.append("## Fit and clock")
+    lines.append("| policy | variant | LUT | FF | carry | DSP | BRAM bits | fits (Yosys vs budget) | PnR fits | Fmax MHz |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    bud = b["budget"]
+    for pol in doc["policies"]:
+        p = doc["policy"][pol]
+        for var, syn in p.get("synth", {}).items():
+            if not syn.get("ok"):
+                lines.append(f"| {pol} | {var} | synthesis failed | | | | | | | |")
+                continue
+            t = syn["total"]
+            fits = all(v["fits"] for v in syn["fits"].values())
+            pr = p.get("pnr") if p.get("pnr", {}).get("dsp", False) == (var == "dsp") else None
+            pfit = ("yes" if pr["fits"] else "no") if pr else "-"
+            fmax = pr["fmax_mhz"] if pr and pr.get("fmax_mhz") else "-"
+            lines.append(f"| {pol} | {var} | {t['lut']} / {bud['lut']} | {t['ff']} / {bud['ff']} | {t['carry']} | "
+                         f"{t['dsp']} / {bud['dsp']} | {t['bram_bits']} / {bud['bram_bits']} | {'yes' if fits else 'NO'} | "
+                         f"{pfit} | {fmax} |")
+    if b["family"] == "xc7":
+        lines.append("")
+        lines.append("Xilinx: no open place and route; Yosys `synth_xilinx` numbers above (LUT = LUT1..LUT6), "
+                     "Vivado TCL/XDC written per policy:")
+        for pol in doc["policies"]:
+            v = doc["policy"][pol].get("vivado")
+            if v:
+                lines.append(f"- {pol}: `{v['dir']}` ({', '.join(v['tcl'] + v['xdc'])}); run: `{v['run']}`")
+    lines.append("")
+    # savings
+    for var, others in doc.get("savings", {}).items():
+        for other, s in others.items():
+            lines.append(f"## Savings of `exact` against `{other}` ({var} build)")
+            lines.append("Ratio = resources under `" + other + "` / resources under `exact` (>1: exact saves).")
+            lines.append("")
+            lines.append("| layer | part | LUT | FF | carry | DSP | threshold storage bits |")
+            lines.append("|---|---|---|---|---|---|---|")
+            for layer, cats in s["layers"].items():
+                for cat in CATEGORIES + ("total",):
+                    c = cats[cat]
+                    ts = cats["thresholds"].get("storage_bits") if cat == "thresholds" else None
+                    cell = lambda k: f"{c[k]['base']} -> {c[k]['other']} ({_fmt_ratio(c[k]['ratio'])})"  # noqa: E731
+                    tss = f"{ts['base']} -> {ts['other']} ({_fmt_ratio(ts['ratio'])})" if ts else ""
+                    lines.append(f"| {layer} | {cat} | {cell('lut')} | {cell('ff')} | {cell('carry')} | {cell('dsp')} | {tss} |")
+            t = s["total"]
+            lines.append(f"| **total** | | {t['lut']['base']} -> {t['lut']['other']} ({_fmt_ratio(t['lut']['ratio'])}) | "
+                         f"{t['ff']['base']} -> {t['ff']['other']} ({_fmt_ratio(t['ff']['ratio'])}) | "
+                         f"{t['carry']['base']} -> {t['carry']['other']} ({_fmt_ratio(t['carry']['ratio'])}) | "
+                         f"{t['dsp']['base']} -> {t['dsp']['other']} ({_fmt_ratio(t['dsp']['ratio'])}) | |")
+            fm = t.get("fmax_mhz", {})
+            if fm.get("base"):
+                lines.append("")
+                lines.append(f"Fmax: exact {fm['base']} MHz, {other} {fm['other']} MHz.")
+            lines.append("")
+    # estimator
+    if doc.get("estimator"):
+        lines.append("## Estimator (compiler/cost.py) against Yosys, LUT-only build")
+        lines.append("| policy | layer | LUT est | LUT Yosys | error | FF est | FF Yosys | error |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for pol, rows in doc["estimator"].items():
+            for layer, r in rows.items():
+                e = f"{r['lut_err']:+.1%}" if r["lut_err"] is not None else "-"
+                f = f"{r['ff_err']:+.1%}" if r["ff_err"] is not None else "-"
+                lines.append(f"| {pol} | {layer} | {r['lut_est']} | {r['lut_yosys']} | {e} | {r['ff_est']} | "
+                             f"{r['ff_yosys']} | {f} |")
+        lines.append("")
+    elif doc["options"]["estimate_only"]:
+        lines.append("## Estimate (compiler/cost.py, no synthesis)")
+        lines.append("| policy | layer | LUT | FF | DSP | BRAM bits | threshold storage bits |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for pol in doc["policies"]:
+            for layer, e in doc["policy"][pol]["estimate"].items():
+                lines.append(f"| {pol} | {layer} | {e['lut']:.0f} | {e['ff']:.0f} | {e['dsp']:.0f} | {e['bram_bits']:.0f} | "
+                             f"{e['threshold_storage_bits']:.0f} |")
+        lines.append("")
+    lines.append("## How the split is made")
+    lines.append("Each flat netlist is split by register cones (boards/split.py): a LUT or carry is charged to the "
+                 "registers its output reaches first: product registers -> multipliers; adder-tree levels, "
+                 "accumulators and result registers -> reduction datapath; anything in the requantizer -> thresholds "
+                 "(threshold storage bits = channels x levels x stored width, from build.json); the rest (input "
+                 "buffer, channel-order restore, activation hops, control, ArgMax, FIFOs) -> rest.")
+    if doc.get("script"):
+        lines.append("")
+        lines.append("Yosys script (same for every policy):")
+        lines.append("```")
+        lines.append(doc["script"].rstrip())
+        lines.append("```")
+    for p in doc.get("plots", []):
+        lines.append(f"![{p}]({p})")
+    return "\n".join(lines) + "\n"
