@@ -20,6 +20,7 @@ __all__ = ["Board", "BOARD_IDS", "FAMILIES", "load_board", "board_ids", "board_p
 FAMILIES = {"ice40": "synth_ice40", "ecp5": "synth_ecp5", "xc7": "synth_xilinx"}
 REQUIRED_KEYS = ("id", "part", "package", "family", "clock_mhz", "budget", "toolchain")
 BUDGET_KEYS = ("lut", "ff", "dsp", "bram_bits")
+BOARD_IDS = ("arty-a7-35t", "icebreaker", "ulx3s-85f")
 
 
 def _data_dir():

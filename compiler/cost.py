@@ -4,6 +4,7 @@ Per MAC layer with ``PE`` output lanes of ``SIMD`` products each:
   LUT = lanes·(w_bits·x_bits·lut_per_mac_bit + adder_bits·lut_per_adder_bit)
         + Σ_PE acc_bits·lut_per_acc_bit + Σ_PE threshold_bits·lut_per_threshold_bit + lut_per_layer
   FF  = Σ_PE acc_bits·ff_per_acc_bit + lanes·x_bits·ff_per_lane_bit + ff_per_layer
+  (+ N·out_bits·{lut,ff}_per_buffer_bit: the order-restore buffer, when calibrated)
   DSP = lanes whose product is at least ``dsp_min_product_bits`` wide (0 = never)
   BRAM bits = weights (N·K·w_bits) + thresholds (N·T·threshold_bits)
 where ``adder_bits`` is the product width plus log2(SIMD) (a width-aware adder tree).
@@ -41,6 +42,11 @@ def mac_layer_cost(w_bits: int, x_bits: int, channels: int, fan_in: int, pe: int
            + acc * coeff["lut_per_acc_bit"] + pe * threshold_bits * coeff["lut_per_threshold_bit"]
            + coeff["lut_per_layer"])
     ff = acc * coeff["ff_per_acc_bit"] + lanes * x_bits * coeff["ff_per_lane_bit"] + coeff["ff_per_layer"]
+    # hw/mvu.py restores the natural channel order through a double buffer of N output codes
+    # (accumulators when there is no requantizer); absent coefficients mean "not modelled".
+    out_bits = int(threshold_levels).bit_length() if threshold_levels else int(max(pe_acc_bits, default=0))
+    lut += channels * out_bits * coeff.get("lut_per_buffer_bit", 0.0)
+    ff += channels * out_bits * coeff.get("ff_per_buffer_bit", 0.0)
     dsp_min = coeff.get("dsp_min_product_bits", 0)
     dsp = lanes if dsp_min and product >= dsp_min else 0
     bram = channels * fan_in * w_bits + channels * threshold_levels * threshold_bits

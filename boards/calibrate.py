@@ -1,0 +1,220 @@
+"""Calibrate ``compiler/cost.py``'s coefficients against Yosys.
+
+Each configuration is one matrix-vector engine (``hw/`` ``layer_fc0``: systolic array,
+input buffer, order restore, threshold requantizer) of a synthetic plan, with its own
+``K x N``, PE, SIMD, input width and accumulator policy. Every engine is synthesised alone
+(flat, LUT-only unless the family's DSP variant is asked for) and the cost model's linear
+features are fitted to the measured LUT and FF counts by non-negative least squares on
+*relative* error (a small engine matters as much as a big one). The fitted coefficients are
+data: they replace the family's table in ``compiler/cost_coefficients.json`` together with
+the calibration's provenance (Yosys version, configurations, errors).
+
+Run: ``python -m accumulus.boards.calibrate --family ice40 --out build/calibration``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from accumulus.compiler import cost as cost_model
+from accumulus.compiler.synthetic import mlp_plan
+from accumulus.compiler.types import IntType
+
+from .synth import SynthJob, run_many, yosys_version
+
+__all__ = ["Config", "DEFAULT_CONFIGS", "features", "fit", "calibrate", "coefficients_path"]
+
+LUT_TERMS = ("lut_per_mac_bit", "lut_per_adder_bit", "lut_per_acc_bit", "lut_per_threshold_bit",
+             "lut_per_buffer_bit", "lut_per_layer")
+FF_TERMS = ("ff_per_acc_bit", "ff_per_lane_bit", "ff_per_buffer_bit", "ff_per_layer")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One calibration engine: ``fan_in x channels`` matvec with thresholds to 4-bit codes."""
+
+    fan_in: int
+    channels: int
+    pe: int
+    simd: int
+    input_bits: int = 4
+    weight_bits: int = 4
+    policy: str = "exact"
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return (f"k{self.fan_in}_n{self.channels}_pe{self.pe}_simd{self.simd}_x{self.input_bits}"
+                f"_w{self.weight_bits}_{self.policy.replace(':', '-')}")
+
+
+# Twelve engines spanning the folding, input width and policy space the presets use, each
+# small enough to synthesise in seconds on iCE40.
+DEFAULT_CONFIGS = (
+    Config(64, 16, 1, 4), Config(64, 16, 2, 4), Config(64, 16, 2, 4, policy="fixed:32"),
+    Config(64, 32, 4, 4), Config(64, 32, 2, 8), Config(64, 32, 2, 8, policy="datatype"),
+    Config(32, 16, 4, 2), Config(128, 16, 2, 8, input_bits=8), Config(64, 16, 1, 8, input_bits=5, policy="fixed:24"),
+    Config(32, 32, 8, 1), Config(64, 16, 2, 16), Config(128, 32, 4, 8, policy="fixed:32"),
+)
+
+
+def coefficients_path() -> Path:
+    return Path(str(resources.files("accumulus.compiler").joinpath("cost_coefficients.json")))
+
+
+def _plan(cfg: Config):
+    return mlp_plan((cfg.fan_in, cfg.channels, 2), input_type=IntType(cfg.input_bits, False),
+                    weight_bits=cfg.weight_bits, act_bits=4, pe=[cfg.pe, 1], simd=[cfg.simd, 1], seed=cfg.seed)
+
+
+def layer_terms(w_bits, x_bits, channels, fan_in, pe, simd, pe_acc_bits, threshold_bits, out_bits) -> dict:
+    """The cost model's features of one MAC layer (what each coefficient multiplies)."""
+    lanes = pe * simd
+    product = w_bits + x_bits
+    adder_bits = product + math.ceil(math.log2(simd)) if simd > 1 else 0
+    return {
+        "lut_per_mac_bit": lanes * w_bits * x_bits, "lut_per_adder_bit": lanes * adder_bits,
+        "lut_per_acc_bit": float(sum(pe_acc_bits)), "lut_per_threshold_bit": pe * threshold_bits,
+        "lut_per_buffer_bit": channels * out_bits, "lut_per_layer": 1.0,
+        "ff_per_acc_bit": float(sum(pe_acc_bits)), "ff_per_lane_bit": lanes * x_bits,
+        "ff_per_buffer_bit": channels * out_bits, "ff_per_layer": 1.0,
+    }
+
+
+def features(plan, layer: dict, built: dict) -> dict:
+    rq = layer.get("requant")
+    out_bits = int(rq["out_type"]["bits"]) if rq else int(max(built["acc_bits"]))
+    tb = built.get("threshold_bits") or []
+    return layer_terms(int(layer["weight_type"]["bits"]), int(layer["input_type"]["bits"]), int(layer["channels"]),
+                       int(layer["fan_in"]), int(layer["folding"]["pe"]), int(layer["folding"]["simd"]),
+                       built["acc_bits"], max(tb) if tb else 0, out_bits)
+
+
+def _nnls(a: np.ndarray, b: np.ndarray, iters: int = 5000) -> np.ndarray:
+    """Non-negative least squares (projected coordinate descent; numpy only)."""
+    x = np.clip(np.linalg.lstsq(a, b, rcond=None)[0], 0, None)
+    ata, atb = a.T @ a, a.T @ b
+    for _ in range(iters):
+        prev = x.copy()
+        for j in range(len(x)):
+            if ata[j, j] <= 0:
+                continue
+            x[j] = max(0.0, x[j] + (atb[j] - ata[j] @ x) / ata[j, j])
+        if np.max(np.abs(x - prev)) < 1e-9:
+            break
+    return x
+
+
+def fit(rows: list[dict], targets: list[float], terms) -> dict:
+    """Coefficients minimising the squared *relative* error, all >= 0."""
+    a = np.array([[r[t] for t in terms] for r in rows], dtype=float)
+    y = np.array(targets, dtype=float)
+    w = 1.0 / np.maximum(y, 1.0)
+    x = _nnls(a * w[:, None], y * w)
+    return {t: float(round(v, 5)) for t, v in zip(terms, x)}
+
+
+def predict(row: dict, coeff: dict, terms) -> float:
+    return float(sum(row[t] * coeff.get(t, 0.0) for t in terms))
+
+
+def calibrate(family: str, out_dir: Path, configs=DEFAULT_CONFIGS, *, dsp: bool = False, workers: int | None = None,
+              write: bool = True, progress: bool = True) -> dict:
+    """Build and synthesise every configuration, fit, check, and (``write``) store the coefficients."""
+    from accumulus.hw.build import build as hw_build
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    entries, jobs = [], []
+    for cfg in configs:
+        plan = _plan(cfg)
+        d = out_dir / cfg.name
+        doc = hw_build(plan, d, cfg.policy)
+        built = {l["layer"]: l for l in doc["layers"]}["fc0"]
+        layer = plan.layer("fc0")
+        entries.append({"config": asdict(cfg), "name": cfg.name, "features": features(plan, layer, built),
+                        "acc_bits": built["acc_bits"], "threshold_bits": built.get("threshold_bits")})
+        jobs.append(SynthJob(cfg.name, [d / "rtl" / built["file"]], built["module"], family,
+                             d / f"synth-{family}-{'dsp' if dsp else 'lut'}", dsp=dsp, flatten=True))
+    results = run_many(jobs, workers=workers, progress=progress, desc=f"calibration ({family})")
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        raise RuntimeError(f"Yosys failed on calibration configurations {failed}: see their yosys.log")
+    for e, r in zip(entries, results):
+        e["yosys"] = r.total
+        e["seconds"] = round(r.seconds, 1)
+    lut_coeff = fit([e["features"] for e in entries], [e["yosys"]["lut"] for e in entries], LUT_TERMS)
+    ff_coeff = fit([e["features"] for e in entries], [e["yosys"]["ff"] for e in entries], FF_TERMS)
+    old = cost_model.load_coefficients(family)
+    coeff = dict(old)
+    coeff.update(lut_coeff)
+    coeff.update(ff_coeff)
+    if dsp:
+        coeff["dsp_min_product_bits"] = 2
+    for e in entries:
+        c = e["config"]
+        est = cost_model.mac_layer_cost(c["weight_bits"], c["input_bits"], c["channels"], c["fan_in"], c["pe"],
+                                        c["simd"], e["acc_bits"], 15, max(e["threshold_bits"] or [0]), coeff)
+        e["estimate"] = {"lut": round(est["lut"], 1), "ff": round(est["ff"], 1)}
+        # the features reproduce what cost.py computes; a mismatch means the two drifted apart
+        e["estimate_from_features"] = round(predict(e["features"], coeff, LUT_TERMS), 1)
+        e["lut_error"] = round(est["lut"] / e["yosys"]["lut"] - 1, 4)
+        e["ff_error"] = round(est["ff"] / e["yosys"]["ff"] - 1, 4)
+    doc = {
+        "family": family, "dsp": dsp, "yosys": yosys_version(), "configs": entries,
+        "coefficients": coeff, "previous": old,
+        "max_abs_lut_error": max(abs(e["lut_error"]) for e in entries),
+        "max_abs_ff_error": max(abs(e["ff_error"]) for e in entries),
+        "seconds": round(time.monotonic() - t0, 1),
+    }
+    (out_dir / f"calibration-{family}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    if write:
+        store(family, coeff, doc)
+    return doc
+
+
+def store(family: str, coeff: dict, doc: dict, path: Path | None = None) -> Path:
+    """Replace ``family``'s table in the coefficients file and record where it came from."""
+    path = Path(path or coefficients_path())
+    data = json.loads(path.read_text())
+    data["families"][family] = coeff
+    data.setdefault("calibration", {})[family] = {
+        "yosys": doc["yosys"], "configs": len(doc["configs"]),
+        "max_abs_lut_error": doc["max_abs_lut_error"], "max_abs_ff_error": doc["max_abs_ff_error"],
+        "by": "boards/calibrate.py", "dsp": doc["dsp"],
+    }
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m accumulus.boards.calibrate", description=__doc__.splitlines()[0])
+    ap.add_argument("--family", default="ice40", choices=["ice40", "ecp5", "xc7"])
+    ap.add_argument("--out", default="build/calibration")
+    ap.add_argument("--dsp", action="store_true", help="calibrate the hard-multiplier variant")
+    ap.add_argument("--jobs", "-j", type=int, default=None)
+    ap.add_argument("--no-write", action="store_true", help="do not update compiler/cost_coefficients.json")
+    args = ap.parse_args(argv)
+    doc = calibrate(args.family, Path(args.out), dsp=args.dsp, workers=args.jobs or os.cpu_count(),
+                    write=not args.no_write)
+    print(f"{'configuration':<44} {'Yosys LUT':>9} {'est':>7} {'err':>7} {'Yosys FF':>8} {'est':>7} {'err':>7}")
+    for e in doc["configs"]:
+        print(f"{e['name']:<44} {e['yosys']['lut']:>9} {e['estimate']['lut']:>7.0f} {e['lut_error']:>+7.1%} "
+              f"{e['yosys']['ff']:>8} {e['estimate']['ff']:>7.0f} {e['ff_error']:>+7.1%}")
+    print(f"max |LUT error| {doc['max_abs_lut_error']:.1%}, max |FF error| {doc['max_abs_ff_error']:.1%} "
+          f"({doc['seconds']} s, {doc['yosys']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
