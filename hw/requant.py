@@ -12,11 +12,11 @@ the same lane order. Three forms:
 * ``multshift``: ``round_half_even((acc + bias) * mult / 2^shift) + zero_point``, clipped,
   one beat per cycle; the per-channel constants are small and sit in LUTs.
 
-Thresholds are stored at the accumulator width of their PE, clipped to what that width
-can reach (ascending rows to ``[min, max+1]``, descending to ``[min-1, max]``): a stored
-value outside the accumulator's range means "always" or "never", so the count is exact for
-every accumulator value. When a clipped row needs ``max+1`` (or ``min-1``) the storage is
-one bit wider than the accumulator (``threshold_bits``).
+Thresholds are stored at the accumulator width of their PE (``threshold_bits`` =
+``acc_bits``), clipped to ``[min, max]`` of that width. A threshold the accumulator can
+never reach in the counting direction (the plan's ``hi + 1`` when ``hi`` is the width's
+maximum) is cut off by a per-channel count of live thresholds instead of being stored one
+bit wider, so the count is exact for every accumulator value.
 """
 from __future__ import annotations
 
@@ -129,17 +129,20 @@ class RequantSpec:
 
         if self.kind == "thresholds":
             self.count_bits = self.levels.bit_length()
+            # Stored at the accumulator width: a threshold beyond the reachable range in the
+            # "always" direction clips to the edge and stays always true; those in the
+            # "never" direction (ascending above max, descending below min) form a suffix of
+            # the sorted row and are cut off by the channel's ``limit`` (thresholds that can
+            # ever count), so every stored value fits and every count stays exact.
             self.stored = np.empty_like(t)
-            self.threshold_bits = []
+            self.limit = np.empty(self.channels, dtype=np.int64)
             for p in range(self.pe):
                 b = self.acc_bits[p]
                 amin, amax = -(1 << (b - 1)), (1 << (b - 1)) - 1
-                chans = self.lane_channels[p]
-                for c in chans:
-                    lo, hi = (amin - 1, amax) if desc[c] else (amin, amax + 1)
-                    self.stored[c] = np.clip(t[c], lo, hi)
-                rows = self.stored[chans]
-                self.threshold_bits.append(max(b, signed_bits(int(rows.min()), int(rows.max()))))
+                for c in self.lane_channels[p]:
+                    self.stored[c] = np.clip(t[c], amin, amax)
+                    self.limit[c] = int((t[c] >= amin).sum() if desc[c] else (t[c] <= amax).sum())
+            self.threshold_bits = list(self.acc_bits)
             binary_cycles = self.count_bits + 1
             self.search = search if search != "auto" else ("binary" if binary_cycles <= beat_interval else "parallel")
         else:
@@ -170,7 +173,8 @@ class RequantSpec:
         if self.kind == "thresholds":
             t = self.stored
             a = acc[..., None]
-            count = np.where(self.descending[:, None], t >= a, t <= a).sum(axis=-1)
+            live = np.arange(self.levels)[None, :] < self.limit[:, None]
+            count = (np.where(self.descending[:, None], t >= a, t <= a) & live).sum(axis=-1)
             return self.out_bias + self.out_scale * count.astype(np.int64)
         y = round_shift_half_even((acc.astype(object) + self.bias.astype(object)) * self.mult.astype(object),
                                   self.shift)
@@ -229,6 +233,15 @@ class ThresholdRequant(wiring.Component):
             return Const(int(flags[0]), 1)
         return Array(Const(int(f), 1) for f in flags)[fold]
 
+    def _limit(self, p, fold):
+        """Thresholds of lane p's channel at ``fold`` that can ever count (None: all of them)."""
+        limits = [int(self.spec.limit[c]) for c in self.spec.lane_channels[p]]
+        if all(v == self.spec.levels for v in limits):
+            return None
+        if len(set(limits)) == 1:
+            return Const(limits[0], range(self.spec.levels + 1))
+        return Array(Const(v, range(self.spec.levels + 1)) for v in limits)[fold]
+
     def elaborate(self, platform):
         if self.spec.search == "binary":
             return self._binary()
@@ -256,10 +269,12 @@ class ThresholdRequant(wiring.Component):
             m.d.comb += [rom.addr.eq(fold), rom.en.eq(en)]
             acc = acc1[p]
             desc = self._desc(p, fold1)
+            limit = self._limit(p, fold1)
             preds = []
             for i in range(spec.levels):
                 t = rom.data[i * tb:(i + 1) * tb].as_signed()
-                preds.append(Mux(desc, t >= acc, t <= acc))
+                pred = Mux(desc, t >= acc, t <= acc)
+                preds.append(pred if limit is None else pred & (i < limit))
             count = Signal(range(spec.levels + 1), name=f"count{p}")
             m.d.comb += count.eq(sum(preds))
             with m.If(en):
@@ -301,7 +316,9 @@ class ThresholdRequant(wiring.Component):
             t = rom.data.as_signed()
             acc = acc_l[p]
             pred = Signal(name=f"pred{p}")
-            m.d.comb += pred.eq((probe < spec.levels) & Mux(self._desc(p, fold_l), t >= acc, t <= acc))
+            limit = self._limit(p, fold_l)
+            live = (probe < spec.levels) if limit is None else (probe < limit)
+            m.d.comb += pred.eq(live & Mux(self._desc(p, fold_l), t >= acc, t <= acc))
             count_next = Signal(nb, name=f"count_next{p}")
             m.d.comb += count_next.eq(count | Mux(pred, bit, 0))
             next_probe = Signal(nb, name=f"next_probe{p}")

@@ -53,21 +53,27 @@ def _run(spec, acc, rng, gap, stall):
     return natural, res
 
 
-@pytest.mark.parametrize("search,levels,pe,gap,stall", [
-    ("binary", 15, 2, 0.3, 0.3),
-    ("binary", 6, 3, 0.2, 0.5),       # T not 2^b-1: probes past T never count
-    ("parallel", 15, 2, 0.3, 0.3),
-    ("parallel", 3, 6, 0.0, 0.0),
+MIXED, FULL = [7, 9, 7, 8, 6, 9], [8] * 6    # FULL: even channels' hi+1 exceeds the width
+
+
+@pytest.mark.parametrize("search,levels,pe,gap,stall,acc_bits", [
+    ("binary", 15, 2, 0.3, 0.3, MIXED),
+    ("binary", 6, 3, 0.2, 0.5, MIXED),       # T not 2^b-1: probes past T never count
+    ("parallel", 15, 2, 0.3, 0.3, MIXED),
+    ("parallel", 3, 6, 0.0, 0.0, MIXED),
+    ("binary", 7, 2, 0.2, 0.2, FULL),
+    ("parallel", 7, 3, 0.2, 0.2, FULL),
 ])
-def test_thresholds_match_golden(search, levels, pe, gap, stall):
+def test_thresholds_match_golden(search, levels, pe, gap, stall, acc_bits):
     rng = np.random.default_rng(levels * 10 + pe)
     n = 6
-    acc_bits = [7, 9, 7, 8, 6, 9]
     plan, rq, lo, hi = _threshold_plan(rng, n, levels, acc_bits)
     order = rng.permutation(n)
     lane_bits = [max(acc_bits[c] for c in order[p::pe]) for p in range(pe)]
     spec = RequantSpec(plan, rq, pe, lane_bits, order, search=search)
     assert spec.search == search
+    if acc_bits is FULL:
+        assert (spec.limit < levels).any()               # the cut-off path is exercised
     acc = _acc_vectors(rng, lo, hi, 12)
     want = golden.requantize(plan, rq, acc)
     assert np.array_equal(spec.compute(acc), want)
@@ -77,16 +83,19 @@ def test_thresholds_match_golden(search, levels, pe, gap, stall):
     assert want.min() <= 1 and want.max() >= levels - 1
 
 
-def test_threshold_storage_width_is_the_accumulator_width_unless_hi_plus_one_needs_a_bit():
+def test_thresholds_are_stored_at_the_accumulator_width():
     rng = np.random.default_rng(1)
-    plan, rq, lo, hi = _threshold_plan(rng, 4, 7, [8, 8, 8, 8])
+    plan, rq, lo, hi = _threshold_plan(rng, 4, 7, [8, 8, 8, 8], desc_every=2)
+    # channels 0 and 2 fill 8 bits: their top ascending threshold hi+1 = 128 does not fit
     spec = RequantSpec(plan, rq, 2, [8, 8], [0, 1, 2, 3])
-    # PE 0 serves channels 0, 2 whose ranges fill 8 bits: hi+1 = 128 needs a 9th bit
-    # PE 1 serves channels 1, 3 (narrow ranges): 8 bits hold every threshold
-    assert spec.threshold_bits == [9, 8]
+    assert spec.threshold_bits == [8, 8]
+    assert spec.stored.max() <= 127 and spec.stored.min() >= -128
+    assert spec.limit[0] == 6 and spec.limit[1] == 7
+    acc = np.array([lo, hi, lo + 1, hi - 1])
+    assert np.array_equal(spec.compute(acc), golden.requantize(plan, rq, acc))
     wide = RequantSpec(plan, rq, 2, [12, 12], [0, 1, 2, 3])
     assert wide.threshold_bits == [12, 12]
-    assert np.array_equal(wide.stored, plan.array("t"))
+    assert np.array_equal(wide.stored, plan.array("t")) and np.all(wide.limit == 7)
 
 
 def test_binary_search_rate_and_auto_choice():
