@@ -23,6 +23,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from accumulus.compiler.accumulators import exact_range
 from accumulus.compiler.types import IntType, signed_bits
 
 from .mac import _check_type, _shape
@@ -53,15 +54,12 @@ def exact_tree_bits(weights, input_type: IntType) -> list[list[int]]:
     """Per level, per node: the smallest two's-complement width holding that node's value over
     every step (row of ``weights``, shape ``(steps, rows)``) and every input code vector."""
     w = np.asarray(weights, dtype=np.int64)
-    a, b = w * input_type.min, w * input_type.max
-    lo_leaf, hi_leaf = np.minimum(a, b), np.maximum(a, b)
     out = []
     for level in tree_shape(w.shape[1]):
         widths = []
         for (s, e) in level:
-            lo = int(lo_leaf[:, s:e].sum(axis=1).min())
-            hi = int(hi_leaf[:, s:e].sum(axis=1).max())
-            widths.append(signed_bits(lo, hi))
+            lo, hi = exact_range(w[:, s:e], input_type)       # per step, over every input
+            widths.append(signed_bits(int(lo.min()), int(hi.max())))
         out.append(widths)
     return out
 
