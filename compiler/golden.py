@@ -80,9 +80,14 @@ def quantize_input(plan: Plan, x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if want and x.shape[1:] != tuple(want[1:]):
         raise UserError(f"input has shape {x.shape}, the model expects (B, {', '.join(map(str, want[1:]))})")
-    scale = np.float32(spec["scale"])
-    zp = np.float32(spec["zero_point"])
-    q = round_float(x / scale + zp, spec.get("rounding_mode", "ROUND"))
+    # scalar, or (per-axis / blocked QuantizeLinear) an array in the ONNX layout without batch
+    scale = np.asarray(spec["scale"], dtype=np.float32)
+    zp = np.asarray(spec["zero_point"], dtype=np.float32)
+    if spec.get("qlinear"):
+        # ONNX QuantizeLinear rounds before adding the zero point (differs on ties when zp is odd)
+        q = round_float(x / scale, "ROUND") + zp
+    else:
+        q = round_float(x / scale + zp, spec.get("rounding_mode", "ROUND"))
     q = np.clip(q, itype.min, itype.max).astype(np.int64)
     return codes_to_stream(plan, q)
 

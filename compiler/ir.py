@@ -116,6 +116,7 @@ class Graph:
     sha256: str = ""
     input_dtype: str = "float32"         # numpy dtype of the data input
     annotations: dict = field(default_factory=dict, hash=False, compare=False)  # tensor -> FINN datatype
+    batch_axis: bool = True              # False: the declared input shape is one whole sample
 
     def verify(self) -> None:
         known = set(self.inputs) | set(self.constants)

@@ -26,6 +26,14 @@ def onnx_output(plan, env):
     flat = codes.reshape(B, -1)
     C = plan.tensor_shape(out["tensor"])[-1]
     dq = out.get("dequant")
+    if dq is not None and dq.get("layout") == "onnx":
+        # per-element (blocked) dequantization, given in the ONNX layout
+        index = plan.array(out["index"]) if isinstance(out.get("index"), str) else np.arange(flat.shape[1])
+        shape = tuple(out.get("onnx_shape") or (1, flat.shape[1]))[1:]
+        codes_onnx = flat[:, index].reshape((B,) + shape)
+        s = np.asarray(dq["scale"], dtype=np.float32)
+        z = np.asarray(dq["zero_point"], dtype=np.float32)
+        return ((codes_onnx.astype(np.float32) - z) * s).astype(np.dtype(out.get("onnx_dtype") or "float32"))
     if dq is not None:
         a = np.asarray(dq["scale"], dtype=np.float64)
         b = np.asarray(dq.get("offset", -a * np.asarray(dq["zero_point"], dtype=np.float64)), dtype=np.float64)

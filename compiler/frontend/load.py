@@ -194,6 +194,9 @@ def load(path, binds: dict[str, np.ndarray] | None = None) -> Graph:
         dims.append(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None)
     if not dims:
         raise UserError(f"{path}: data input '{inp.name}' has no shape; export with a fixed input shape")
+    # a leading dimension of 1 (or symbolic) is the batch axis; a fixed larger one (ONNX node
+    # tests) makes the declared shape one whole sample
+    batch_axis = dims[0] is None or dims[0] == 1
     if dims[0] is None:
         dims[0] = 1
     if any(d is None for d in dims[1:]):
@@ -267,6 +270,7 @@ def load(path, binds: dict[str, np.ndarray] | None = None) -> Graph:
         for kv in qa.quant_parameter_tensor_names:
             if kv.key == "finn_datatype":
                 annotations[qa.tensor_name] = kv.value
-    graph = Graph(tuple(nodes), (inp.name,), outputs, consts, shapes, meta, str(path), sha, in_dtype, annotations)
+    graph = Graph(tuple(nodes), (inp.name,), outputs, consts, shapes, meta, str(path), sha, in_dtype, annotations,
+                  batch_axis)
     graph.verify()
     return graph

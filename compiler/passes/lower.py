@@ -93,6 +93,10 @@ class _Lowering:
     def channels(self, tensor: str) -> int:
         return self.tensors[tensor].shape[-1]
 
+    def full(self, sample_shape) -> tuple[int, ...]:
+        """The ONNX shape of a tensor whose per-sample index has ``sample_shape``."""
+        return ((1,) if self.g.batch_axis else ()) + tuple(sample_shape)
+
     def add_tensor(self, name, shape, itype, lo, hi, scale=(1.0,), zp=(0.0,)):
         self.tensors[name] = IntTensor(tuple(int(s) for s in shape), itype, tuple(scale), tuple(zp))
         self.ranges[name] = (np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64))
@@ -100,7 +104,7 @@ class _Lowering:
     def per_channel(self, node: Node, v: Val, const, what: str) -> tuple[Fraction, ...]:
         """Broadcast a constant over the ONNX tensor and reduce it to one value per plan channel."""
         arr = np.asarray(const, dtype=np.float64)
-        full_shape = (1,) + v.idx.shape
+        full_shape = self.full(v.idx.shape)
         try:
             b = np.broadcast_to(arr, np.broadcast_shapes(arr.shape, full_shape))
         except ValueError:
@@ -130,7 +134,7 @@ class _Lowering:
     def run(self):
         g = self.g
         inp = g.inputs[0]
-        shape = g.shapes[inp][1:]
+        shape = g.shapes[inp][1:] if g.batch_axis else g.shapes[inp]
         if len(shape) == 3:
             c, h, w = shape
             idx = np.arange(h * w * c).reshape(h, w, c).transpose(2, 0, 1)
@@ -169,8 +173,10 @@ class _Lowering:
             shape = np.shape(x.codes)
             return QConst(fn(x.codes), fn(np.broadcast_to(x.scale, shape)), fn(np.broadcast_to(x.zero_point, shape)),
                           x.type, fn(np.asarray(x.value)))
+        if not self.g.batch_axis:
+            return type(x)(**{**x.__dict__, "idx": fn(x.idx)})
         full = fn(x.idx[None])
-        if full.shape[0] != 1:
+        if full.ndim == 0 or full.shape[0] != 1:
             self.err(node, f"moves the batch axis (result shape {full.shape}); unsupported")
         return type(x)(**{**x.__dict__, "idx": full[0]})
 
@@ -285,7 +291,7 @@ class _Lowering:
         eps = np.float32(node.attr("epsilon", 1e-5))
         # the reference computes sqrt(var + eps) in float32: take that float32 value exactly
         std = np.sqrt(var + eps).astype(np.float32)
-        shape = [1] * (x.idx.ndim + 1)
+        shape = [1] * len(self.full(x.idx.shape))
         shape[1] = -1
         C = self.channels(x.src)
         g_ = self.per_channel(node, x, gamma.reshape(shape), "gamma")
@@ -419,7 +425,7 @@ class _Lowering:
         out_scale = float(node.attr("out_scale", 1.0))
         out_bias = float(node.attr("out_bias", 0.0))
         layout = str(node.attr("data_layout", "NCHW"))
-        nd = x.idx.ndim + 1
+        nd = len(self.full(x.idx.shape))
         axis = nd - 1 if layout in ("NHWC", "NC", "NWC") or nd == 2 else 1
         n_th = th.shape[1]
         C = self.channels(x.src)
@@ -442,8 +448,12 @@ class _Lowering:
     def op_quantizelinear(self, node):
         x = self.env[node.inputs[0]]
         s = np.asarray(self.const_of(node, node.inputs[1], "scale"), dtype=np.float32)
-        zp = (np.asarray(self.const_of(node, node.inputs[2], "zero point"))
-              if len(node.inputs) > 2 and node.inputs[2] else np.zeros((), np.uint8))
+        if len(node.inputs) > 2 and node.inputs[2]:
+            zp = np.asarray(self.const_of(node, node.inputs[2], "zero point"))
+        else:
+            from onnx import helper
+            od = node.attr("output_dtype", 0)
+            zp = np.zeros((), helper.tensor_dtype_to_np_dtype(od) if od else np.uint8)
         t = _dtype_type(node, zp.dtype, self)
         s, zpf = self._qdq_broadcast(node, x, s, zp.astype(np.float64))
         if isinstance(x, (Const, QConst)):
@@ -502,10 +512,19 @@ class _Lowering:
             if not np.issubdtype(dt, np.integer):
                 self.err(node, "dequantizes a float graph input")
             x = self.input_quant(node, x, np.float32(1), np.float32(0), _dtype_type(node, dt, self), "ROUND",
-                                 onnx_dtype=str(dt))
+                                 qlinear=True)
         if x.chain:
             self.err(node, "input is not an integer tensor")
-        return self._affine(node, x, s, -(zpf * s))
+        try:
+            return self._affine(node, x, s, -(zpf * s))
+        except UserError:
+            if node.outputs[0] not in self.g.outputs:
+                raise
+        # a blocked/per-element dequantization of the graph output: predict applies it in float
+        full = self.full(x.idx.shape)
+        self.output_dequant[node.outputs[0]] = (np.broadcast_to(s, full).astype(np.float32),
+                                                np.broadcast_to(zpf, full).astype(np.float64))
+        return x
 
     # MAC layers --------------------------------------------------------------------------------
     def _weights(self, node, w, what="weights", name=None):
@@ -552,68 +571,59 @@ class _Lowering:
     def matvec(self, node, x, w: QConst, bias, alpha, transposed=False):
         lin = self._mac_input(node, x)
         codes = np.asarray(w.codes)
-        if codes.ndim != 2:
-            self.err(node, f"weights must be 2-D, got shape {codes.shape}")
-        K, N = codes.shape
+        if codes.ndim < 2:
+            self.err(node, f"weights must be at least 2-D, got shape {codes.shape}")
+        K, N = codes.shape[-2:]
         scale = np.broadcast_to(np.asarray(w.scale, dtype=np.float64), codes.shape)
         zp = np.broadcast_to(np.asarray(w.zero_point, dtype=np.float64), codes.shape)
-        if not (np.all(scale == scale[:1]) and np.all(zp == zp[:1])):
+        if not (np.all(scale == scale[..., :1, :]) and np.all(zp == zp[..., :1, :])):
             self.err(node, "weight scale/zero point varies along the reduction axis (blocked weights): unsupported")
-        sw, zw = scale[0], zp[0]
-        if np.any(zw != np.round(zw)):
+        if np.any(zp != np.round(zp)):
             self.err(node, "weight zero point must be an integer")
         if x.idx.shape[-1] != K:
             self.err(node, f"input has {x.idx.shape[-1]} features, weights expect {K}")
-        wq = (codes - zw[None, :].astype(np.int64)).T                   # (N, K), ONNX column order
-        lead = x.idx.shape[:-1]
         in_size = int(np.prod(self.tensors[x.src].shape))
         if x.idx.size != in_size:
             self.err(node, "input is a partial view of a tensor (unsupported)")
-        if int(np.prod(lead, dtype=np.int64)) > 1:
-            return self._matmul_as_conv(node, x, wq, sw, w, lin, bias, alpha)
-        wt = _weight_type(w, zw)
-        order = x.idx.reshape(-1)
-        weight = np.zeros((N, in_size), dtype=np.int64)
-        weight[:, order] = wq
-        # value = alpha * sw_n * a * acc + alpha * sw_n * sum_k wq_nk * b_k  (+ bias)
+        try:
+            lead = np.broadcast_shapes(x.idx.shape[:-1], codes.shape[:-2])
+        except ValueError:
+            self.err(node, f"input {x.idx.shape} and weights {codes.shape} do not broadcast")
+        L = int(np.prod(lead, dtype=np.int64))
+        wq = (codes - zp.astype(np.int64))                                    # (*wlead, K, N)
+        wq_b = np.broadcast_to(wq, tuple(lead) + (K, N)).reshape(L, K, N)
+        sw_b = np.broadcast_to(scale[..., 0, :], tuple(lead) + (N,)).reshape(L * N)
+        xi = np.broadcast_to(x.idx, tuple(lead) + (K,)).reshape(L, K)
+        Nt = L * N
+        # dense (block-diagonal when there are leading axes) weight matrix in plan input order
+        weight = np.zeros((Nt, in_size), dtype=np.int64)
+        for l in range(L):
+            weight[l * N:(l + 1) * N][:, xi[l]] = wq_b[l].T
+        wt = _weight_type(w, None, weight)
+        # value = alpha * sw_o * (a * acc + sum_j weight_oj * b_j)  (+ bias)
         C_in = self.channels(x.src)
-        b_plan = np.array([lin.b[c] for c in range(C_in)], dtype=object)
-        b_pos = np.array([b_plan[j % C_in] for j in range(in_size)], dtype=object)
-        corr = [sum((Fraction(int(v)) * bb for v, bb in zip(weight[n], b_pos) if v and bb), Fraction(0))
-                for n in range(N)]
+        if len(set(lin.b)) == 1:
+            corr = [lin.b[0] * int(v) for v in weight.sum(axis=1)]
+        else:
+            b_pos = [lin.b[j % C_in] for j in range(in_size)]
+            corr = [sum((Fraction(int(v)) * b_pos[j] for j, v in enumerate(row) if v), Fraction(0)) for row in weight]
         al = frac(alpha)
-        a_out = tuple(al * frac(s) * lin.a[0] for s in sw)
-        b_out = tuple(al * frac(s) * cc for s, cc in zip(sw, corr))
+        a_out = tuple(al * frac(s) * lin.a[0] for s in sw_b)
+        b_out = tuple(al * frac(s) * cc for s, cc in zip(sw_b, corr))
         if bias is not None:
-            bv = np.broadcast_to(np.asarray(bias, dtype=np.float64).reshape(-1), (N,))
+            bv = np.broadcast_to(np.asarray(bias, dtype=np.float64), tuple(lead) + (N,)).reshape(-1)
             b_out = tuple(bo + frac(v) for bo, v in zip(b_out, bv))
         itype = self.tensors[x.src].type
         name = self.uniq(node.name or "matvec")
         out = name + "_acc"
         self.names.add(out)
         lo, hi = exact_range(weight, itype)
-        self.add_tensor(out, (N,), IntType(signed_bits(min(lo.min(), 0), max(hi.max(), 0)), True), lo, hi)
+        self.add_tensor(out, (Nt,), IntType(signed_bits(min(lo.min(), 0), max(hi.max(), 0)), True), lo, hi)
         self.layers.append(IntLayer(IntKind.MATVEC, name, (x.src,), out, (node.name,), {
-            "weight": weight, "weight_type": wt, "input_type": itype, "fan_in": in_size, "channels": N,
+            "weight": weight, "weight_type": wt, "input_type": itype, "fan_in": in_size, "channels": Nt,
             "conv": None, "requant": None, "onnx_op": node.op.value,
         }))
-        return Val(out, np.arange(N), (Affine(a_out, b_out),))
-
-    def _matmul_as_conv(self, node, x, wq, sw, w, lin, bias, alpha):
-        """A MatMul over a tensor with extra leading axes: a 1x1 convolution over [1, L, K]."""
-        if x.idx.shape[-1] != self.tensors[x.src].shape[-1] or not np.array_equal(
-                x.idx.reshape(-1), np.arange(x.idx.size)):
-            self.err(node, "batched MatMul over a permuted tensor is not supported")
-        L, K = int(np.prod(x.idx.shape[:-1])), x.idx.shape[-1]
-        N = wq.shape[0]
-        conv = {"in_shape": [1, L, K], "out_shape": [1, L, N], "kernel": [1, 1], "stride": [1, 1],
-                "pads": [0, 0, 0, 0], "dilation": [1, 1], "groups": 1}
-        self.tensors[x.src] = IntTensor((1, L, K), self.tensors[x.src].type, self.tensors[x.src].scale,
-                                        self.tensors[x.src].zero_point)
-        if x.src == self.input_spec["tensor"]:
-            self.plan_input_shape = (1, L, K)
-        return self._conv_common(node, x, wq, sw, w, lin, bias, alpha, conv, (1, L, N),
-                                 np.arange(L * N).reshape(x.idx.shape[:-1] + (N,)))
+        return Val(out, np.arange(Nt).reshape(tuple(lead) + (N,)), (Affine(a_out, b_out),))
 
     def op_gemm(self, node):
         x = self.env[node.inputs[0]]
@@ -716,7 +726,7 @@ class _Lowering:
         if isinstance(x, Raw):
             dt = self.g_input_dtype
             x = self.input_quant(node, x, np.float32(1), np.float32(0), _dtype_type(node, dt, self), "ROUND",
-                                 onnx_dtype=str(dt))
+                                 qlinear=True)
         if not isinstance(x, Val) or x.chain:
             self.err(node, "input must be an integer tensor")
         zp = np.asarray(self.const_of(node, zp_name, "zero point")).astype(np.float64) if zp_name else 0.0
@@ -768,7 +778,7 @@ class _Lowering:
         if isinstance(x, Raw):
             dt = self.g_input_dtype
             x = self.input_quant(node, x, np.float32(1), np.float32(0), _dtype_type(node, dt, self), "ROUND",
-                                 onnx_dtype=str(dt))
+                                 qlinear=True)
         if not isinstance(x, Val) or x.chain:
             self.err(node, "input must be an integer tensor")
         s = np.asarray(self.const_of(node, a_s, "scale"), dtype=np.float32)
@@ -1067,9 +1077,13 @@ class _Lowering:
         onnx_shape = list(self.g.shapes[self.g.inputs[0]])
         C = shape[-1]
         # per-tensor scale: one value; otherwise the values in ONNX layout (without batch)
-        full = (1,) + tuple(onnx_shape[1:])
-        s_b = np.broadcast_to(s, np.broadcast_shapes(s.shape, full)).reshape(full)[0]
-        z_b = np.broadcast_to(z, np.broadcast_shapes(z.shape, full)).reshape(full)[0]
+        full = tuple(onnx_shape)
+        s_b = np.broadcast_to(s, np.broadcast_shapes(s.shape, full)).reshape(full)
+        z_b = np.broadcast_to(z, np.broadcast_shapes(z.shape, full)).reshape(full)
+        if self.g.batch_axis:
+            s_b, z_b = s_b[0], z_b[0]
+        else:
+            onnx_shape = [1] + onnx_shape
         per_tensor = s.size == 1 and z.size == 1
         if z.size == 1 and float(np.ravel(z)[0]) != round(float(np.ravel(z)[0])) and not qlinear:
             pass
@@ -1127,6 +1141,12 @@ class _Lowering:
             dequant = {"scale": [float(a) for a in lin.a],
                        "zero_point": [float(-b / a) if a else 0.0 for a, b in zip(lin.a, lin.b)],
                        "offset": [float(b) for b in lin.b]}
+        if out_name in self.output_dequant:
+            s_full, z_full = self.output_dequant[out_name]
+            if self.g.batch_axis:
+                s_full, z_full = s_full[0], z_full[0]
+            dequant = {"layout": "onnx", "scale": s_full.tolist(), "zero_point": z_full.tolist()}
+            self.onnx_dtypes[out_name] = "float32"
         out_dtype = self.onnx_dtypes.get(out_name)
         if out_dtype is None:
             out_dtype = "float32" if (chain or dequant is not None) else "int64"
@@ -1181,6 +1201,7 @@ def _weight_type(w: QConst, zw, wq=None) -> IntType:
 def lower(g: Graph) -> IntGraph:
     low = _Lowering(g)
     low.onnx_dtypes = {}
+    low.output_dequant = {}
     low.g_input_dtype = np.dtype(g.input_dtype)
     ig = low.run()
     ig.verify()
