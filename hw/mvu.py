@@ -49,6 +49,24 @@ Properties of the spec:
 Both streams follow ``amaranth.lib.stream`` rules (a beat moves when ``valid & ready``);
 the engine tolerates input gaps and output stalls at any cycle. There is no ``last``:
 vector boundaries are implied by the beat counts (K/SIMD in, N/PE out).
+
+More for build reports: ``spec.exact_pe_bits`` (exact width per PE from the weights),
+``spec.channel_order``, ``spec.direct_order`` (True: no output buffer),
+``spec.requant.search`` (``"binary"`` / ``"parallel"``; None for multshift),
+``spec.beat_interval``, ``spec.macs_per_cycle``; the component's ``mac_step`` signal is
+high in every cycle a step of PE x SIMD MACs enters the array (benchmarks).
+
+Inside
+------
+* Sequencer: fold ``f`` = 0 reads the input stream (and writes the step into an input
+  buffer of K/SIMD words, a synchronous-read memory); folds 1..N/PE-1 replay the buffer,
+  so the input is stalled during them, as in FINN's MVAU.
+* :class:`accumulus.hw.systolic.SystolicArray`, SIMD rows x PE columns. The weight ROM is
+  split per PE column: column ``p``'s ROM (synchronous read, so block RAM) holds at row
+  ``f*(K/SIMD) + s`` the SIMD weights of channel ``channel_order[p + PE*f]`` for step
+  ``s``; together the columns' rows are the PE*SIMD weights of one fold step.
+* Accumulator beat register; all of the above stall together when it is full and not taken.
+* Requant (:mod:`accumulus.hw.requant`) per PE lane, then :class:`Reorder`.
 """
 from __future__ import annotations
 

@@ -241,3 +241,20 @@ def test_yosys_infers_block_ram_for_an_mnist_tfc_sized_layer(tmp_path):
     cells = next(iter(v for k, v in stat["modules"].items() if "mvu_fc0" in k))["num_cells_by_type"]
     # a 64-bit word needs two 36-bit-wide DP16KD per PE
     assert cells.get("DP16KD", 0) >= 2 * spec.pe, cells
+
+
+def test_multshift_requant_in_the_engine():
+    plan = mlp_plan((16, 8, 6), pe=[2, 2], simd=[4, 2], seed=8)
+    layer = dict(plan.layers[0])
+    rng = np.random.default_rng(4)
+    n = layer["channels"]
+    plan.arrays.update({"ms.bias": rng.integers(-40, 40, n), "ms.mult": rng.integers(1, 200, n),
+                        "ms.shift": rng.integers(10, 13, n)})
+    layer["requant"] = {"kind": "multshift", "bias": "ms.bias", "mult": "ms.mult", "shift": "ms.shift",
+                        "zero_point": 1, "clip": True, "out_type": IntType(4, False).to_json()}
+    spec = MVUSpec(plan, layer)
+    x = test_vectors(spec, rng)
+    want = golden_layer(plan, layer, x)
+    assert len(np.unique(want)) > 4                      # not a saturated, uninformative output
+    got, _ = run_mvu(spec, x, rng, gap=0.3, stall=0.3)
+    assert np.array_equal(got, want)
