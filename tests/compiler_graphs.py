@@ -140,8 +140,12 @@ def _init(model, name):
     return None
 
 
-def to_stream(a):
-    """ONNX layout (B, C, H, W) -> stream order (B, H, W, C); vectors unchanged."""
+def to_stream(a, plan_shape=None):
+    """ONNX layout (B, C, H, W) -> stream order (B, H, W, C); a flattened CHW vector whose plan
+    tensor is an [H, W, C] image is reordered likewise; other vectors unchanged."""
+    if a.ndim == 2 and plan_shape is not None and len(plan_shape) == 3:
+        h, w, c = plan_shape
+        a = a.reshape(a.shape[0], c, h, w)
     return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
 
 
@@ -169,7 +173,8 @@ def compare_codes(model, plan, env, ctx, tie_tol=1e-3):
                 codes = v.astype(np.int64)
         else:
             codes = np.round(v / np.float64(t["scale"]) + np.float64(t["zero_point"]))
-        codes = to_stream(codes).reshape(v.shape[0], -1)
+        pshape = plan.tensor_shape(l["output"])
+        codes = to_stream(codes, pshape).reshape(v.shape[0], -1)
         gold = env[l["output"]].reshape(v.shape[0], -1)
         bad = codes != gold
         stats[l["name"]] = (int(bad.size), int(bad.sum()))
@@ -182,7 +187,8 @@ def compare_codes(model, plan, env, ctx, tie_tol=1e-3):
                 s = float(np.ravel(ctx.get(node.input[1], _init(model, node.input[1])))[0])
                 z = float(np.ravel(ctx.get(node.input[2], _init(model, node.input[2])) if len(node.input) > 2
                                    and node.input[2] else [0])[0])
-                y = to_stream(src.astype(np.float64) / s + (z if node.op_type == "Quant" else 0)).reshape(v.shape[0], -1)
+                y = to_stream(src.astype(np.float64) / s + (z if node.op_type == "Quant" else 0),
+                              pshape).reshape(v.shape[0], -1)
                 pre = y[b, bad[b]]
             first_diff[int(b)] = (l["name"], np.nonzero(bad[b])[0], gold[b, bad[b]], codes[b, bad[b]], pre)
     lines, all_ties = [], True
@@ -287,3 +293,86 @@ def finn_mlp(seed=0, domain=QDOM, n_in=64, hidden=64, n_out=10, sample=None):
         kv.key, kv.value = "finn_datatype", dt
         m.graph.quantization_annotation.append(qa)
     return m
+
+
+def float_mlp(seed=0, widths=(64, 32, 10)):
+    """A float MLP (MatMul + Add + Relu) for onnxruntime's quantize_static."""
+    rng = np.random.default_rng(seed)
+    b = Builder(seed, QDOM)
+    x = "x"
+    for i in range(len(widths) - 1):
+        w = rng.normal(0, 1 / np.sqrt(widths[i]), (widths[i], widths[i + 1])).astype(np.float32)
+        x = b.node("MatMul", [x, b.const(w, "w")], name=f"fc{i}")
+        x = b.node("Add", [x, b.const(rng.normal(0, 0.1, widths[i + 1]).astype(np.float32), "b")])
+        if i < len(widths) - 2:
+            x = b.node("Relu", [x])
+    m = helper.make_model(helper.make_graph(b.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                          [1, widths[0]])],
+                                           [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, widths[-1]])],
+                                           b.inits), opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def float_cnn(seed=0):
+    """A float CNN: Conv+Relu, Conv+Relu, MaxPool, Flatten, Gemm."""
+    rng = np.random.default_rng(seed)
+    b = Builder(seed, QDOM)
+    x = "x"
+    for i, (cin, cout) in enumerate([(1, 8), (8, 8)]):
+        w = rng.normal(0, 1 / np.sqrt(cin * 9), (cout, cin, 3, 3)).astype(np.float32)
+        x = b.node("Conv", [x, b.const(w, "w"), b.const(rng.normal(0, 0.1, cout).astype(np.float32), "b")],
+                   name=f"conv{i}", pads=[1, 1, 1, 1], kernel_shape=[3, 3])
+        x = b.node("Relu", [x])
+    x = b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2], name="pool")
+    x = b.node("Flatten", [x], axis=1)
+    w = rng.normal(0, 0.1, (10, 128)).astype(np.float32)
+    x = b.node("Gemm", [x, b.const(w, "w"), b.const(np.zeros(10, np.float32), "b")], name="fc", transB=1)
+    m = helper.make_model(helper.make_graph(b.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                          [1, 1, 8, 8])],
+                                           [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 10])], b.inits),
+                          opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def quantize_qdq(float_model, path, calib, per_channel=False):
+    """onnxruntime.quantization.quantize_static in QDQ format (uint8 activations, int8 weights)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": c[None]} for c in calib])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    src = str(path) + ".float.onnx"
+    onnx.save(float_model, src)
+    quantize_static(src, str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return onnx.load(str(path))
+
+
+def ort_run(model, x):
+    """onnxruntime on ``model`` with every QuantizeLinear output (and its input) exposed."""
+    import onnxruntime as ort
+
+    m = with_batch(model, x.shape[0])
+    for o in m.graph.output:
+        o.type.tensor_type.ClearField("shape")
+    have = {o.name for o in m.graph.output}
+    for n in m.graph.node:
+        if n.op_type == "QuantizeLinear":
+            for t in (n.output[0], n.input[0]):
+                if t not in have:
+                    m.graph.output.append(helper.make_empty_tensor_value_info(t))
+                    have.add(t)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    ctx = dict(zip(names, sess.run(None, {m.graph.input[0].name: x})))
+    for i in m.graph.initializer:
+        ctx.setdefault(i.name, numpy_helper.to_array(i))
+    return ctx
