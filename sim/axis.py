@@ -238,6 +238,7 @@ class AxisDriver:
         self.tdata, self.tvalid, self.tready, self.tlast = h["tdata"], h["tvalid"], h["tready"], h["tlast"]
         self.beats_sent = 0
         self.frames_sent = 0
+        self.pause_cycles = 0                    # cycles tvalid was held low by the pause generator
         self.frame_start_steps: list[int] = []   # time of each frame's first transfer
 
     def idle(self) -> None:
@@ -257,6 +258,7 @@ class AxisDriver:
                 k = self.pause()
                 if k:
                     self.tvalid.value = 0
+                    self.pause_cycles += k
                     await t.edges(k)
                 self.tdata.value = word
                 if self.tlast is not None:
@@ -301,6 +303,7 @@ class AxisMonitor:
         self.tdata, self.tvalid, self.tready, self.tlast = h["tdata"], h["tvalid"], h["tready"], h["tlast"]
         self.frames: list[ReceivedFrame] = []
         self.beats_received = 0
+        self.pause_cycles = 0                    # cycles tready was held low by the pause generator
         self.last_beat_steps: int | None = None
 
     def set_pause(self, pause: PauseGenerator | None) -> None:
@@ -347,5 +350,6 @@ class AxisMonitor:
             k = self.pause()
             if k:
                 self.tready.value = 0
+                self.pause_cycles += k
                 await t.edges(k)
                 self.tready.value = 1

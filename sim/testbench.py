@@ -149,6 +149,7 @@ async def cosim(dut):
     driver.pause = RandomPause(p, max_pause, seed=2 * seed + 1)
     monitor.set_pause(RandomPause(p, max_pause, seed=2 * seed + 2))
     t_bp = timing.now()
+    gaps0, stalls0 = driver.pause_cycles, monitor.pause_cycles
     await phase(np.arange(frames), measure + frames)
     bp_cycles = (timing.now() - t_bp) // period_steps
 
@@ -173,6 +174,8 @@ async def cosim(dut):
         "backpressure": p,
         "seed": seed,
         "backpressure_phase_cycles": int(bp_cycles),
+        "input_gap_cycles": int(driver.pause_cycles - gaps0),
+        "output_stall_cycles": int(monitor.pause_cycles - stalls0),
         "sim_cycles": int(sim_cycles),
         "testbench_seconds": time.perf_counter() - wall0,
         "passed": board.passed and not stalled,
