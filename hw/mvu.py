@@ -118,9 +118,12 @@ class MVUSpec:
         wraps, for showing that the exact width is needed).
     threshold_search : "auto" | "binary" | "parallel"
         Threshold requant form (:class:`accumulus.hw.requant.RequantSpec`).
+    register_every : int
+        Adder-tree levels per pipeline register (:class:`accumulus.hw.systolic.ArraySpec`).
     """
 
-    def __init__(self, plan: Plan, layer: dict, acc_policy: str = "exact", threshold_search: str = "auto"):
+    def __init__(self, plan: Plan, layer: dict, acc_policy: str = "exact", threshold_search: str = "auto",
+                 register_every: int = 2):
         if not isinstance(plan, Plan):
             raise TypeError(f"plan must be an accumulus.compiler.plan.Plan, got {type(plan).__name__}")
         if not isinstance(layer, dict) or "name" not in layer:
@@ -206,7 +209,7 @@ class MVUSpec:
             tree.append(levels)
         self.tree_bits = tree
         self.array_spec = ArraySpec(np.stack(cols), self.weight_type, self.input_type, acc_bits,
-                                    sum_len=self.fold_in, tree_bits=tree)
+                                    sum_len=self.fold_in, tree_bits=tree, register_every=register_every)
 
         # -- output ------------------------------------------------------------------------
         if layer.get("requant") is not None:

@@ -5,7 +5,8 @@ weight ROM (one word = its ``rows`` weights of one step, synchronous read) whose
 reaches it ``c`` cycles after column 0's: addresses and activations move one register per
 hop, so no signal fans out across the array. Each column multiplies lane-wise, reduces the
 products through a registered adder tree whose every node has its own width, and
-accumulates into a register of the column's own width; all arithmetic wraps.
+accumulates into a register of the column's own width; all arithmetic wraps. The tree
+has a register after the products, after every ``register_every`` levels and at the root.
 
 The columns finish a sum ``c`` cycles apart. Column ``c``'s result register holds its sum
 until the column's next sum ends, at least ``sum_len`` steps later, so the results are
@@ -80,9 +81,14 @@ class ArraySpec:
     tree_bits : per column, per level, per node widths, or None
         Adder-tree widths (see :func:`tree_shape`); default: each node's exact width
         (:func:`exact_tree_bits`) capped at the column's accumulator width.
+    register_every : int
+        Adder-tree levels per pipeline register (the products and the root are always
+        registered): 1 is fastest, 2 halves the tree's flip-flops for one more adder
+        in the longest path.
     """
 
-    def __init__(self, weights, weight_type: IntType, input_type: IntType, acc_bits, sum_len: int, tree_bits=None):
+    def __init__(self, weights, weight_type: IntType, input_type: IntType, acc_bits, sum_len: int, tree_bits=None,
+                 register_every: int = 2):
         self.weight_type = _check_type("weight_type", weight_type)
         self.input_type = _check_type("input_type", input_type)
         w = np.asarray(weights)
@@ -102,6 +108,7 @@ class ArraySpec:
             raise ValueError(f"acc_bits must be <= 62, got {max(self.acc_bits)}")
         self.sum_len = check_int("sum_len", sum_len)
         self.levels = len(tree_shape(self.rows)) - 1
+        self.register_every = check_int("register_every", register_every)
         if tree_bits is None:
             tree_bits = [[[min(b, self.acc_bits[c]) for b in level]
                           for level in exact_tree_bits(self.weights[c], input_type)] for c in range(self.cols)]
@@ -113,7 +120,12 @@ class ArraySpec:
     @property
     def latency(self) -> int:
         """Enabled cycles from presenting a sum's last step to ``acc_valid``."""
-        return self.cols + 2 + self.levels
+        return self.cols + 2 + len(self.registered_levels)
+
+    @property
+    def registered_levels(self) -> list[int]:
+        """Adder-tree levels (1..levels) that end in a register."""
+        return [l for l in range(1, self.levels + 1) if l % self.register_every == 0 or l == self.levels]
 
     @property
     def out_bits(self) -> int:
@@ -184,6 +196,7 @@ class SystolicArray(wiring.Component):
         ib = spec.input_type.bits
         wb = spec.weight_type.bits
         shapes = tree_shape(spec.rows)
+        registered = set(spec.registered_levels)
 
         addr_prev = self.addr
         x_prev, flags_prev = self.x, Signal(3)
@@ -226,14 +239,18 @@ class SystolicArray(wiring.Component):
                 for i in range(len(shapes[level])):
                     n = Signal(signed(spec.tree_bits[c][level][i]), name=f"c{c}_l{level}_{i}")
                     value = nodes[2 * i] + nodes[2 * i + 1] if 2 * i + 1 < len(nodes) else nodes[2 * i]
-                    with m.If(en):
-                        m.d.sync += n.eq(value)
+                    if level in registered:
+                        with m.If(en):
+                            m.d.sync += n.eq(value)
+                    else:
+                        m.d.comb += n.eq(value)
                     nxt.append(n)
                 nodes = nxt
-                f_next = Signal(3, name=f"c{c}_fl{level}")
-                with m.If(en):
-                    m.d.sync += f_next.eq(f_stage)
-                f_stage = f_next
+                if level in registered:
+                    f_next = Signal(3, name=f"c{c}_fl{level}")
+                    with m.If(en):
+                        m.d.sync += f_next.eq(f_stage)
+                    f_stage = f_next
             root = nodes[0]
             acc = Signal(signed(spec.acc_bits[c]), name=f"acc{c}")
             done = Signal(name=f"done{c}")

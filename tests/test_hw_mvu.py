@@ -124,14 +124,15 @@ def test_wider_policies_match_golden(policy):
         assert np.array_equal(got, golden_layer(plan, layer, x))
 
 
-@pytest.mark.parametrize("pe,simd,index,search", [
-    (2, 4, 0, "parallel"), (8, 16, 0, "auto"), (2, 2, 1, "auto"), (2, 8, 0, "binary"), (3, 8, 1, "auto"),
+@pytest.mark.parametrize("pe,simd,index,search,every", [
+    (2, 4, 0, "parallel", 2), (8, 16, 0, "auto", 1), (2, 2, 1, "auto", 2), (2, 8, 0, "binary", 2),
+    (3, 8, 1, "auto", 1), (4, 16, 0, "auto", 3),
 ])
-def test_latency_and_cycles_per_frame(pe, simd, index, search):
+def test_latency_and_cycles_per_frame(pe, simd, index, search, every):
     pes, simds = [2, 2], [4, 2]
     pes[index], simds[index] = pe, simd
     plan = mlp_plan((16, 8, 6), pe=pes, simd=simds, seed=9)
-    spec = MVUSpec(plan, plan.layers[index], threshold_search=search)
+    spec = MVUSpec(plan, plan.layers[index], threshold_search=search, register_every=every)
     rng = np.random.default_rng(3)
     frames = 10
     x = rng.integers(spec.input_type.min, spec.input_type.max + 1, size=(frames, spec.fan_in))

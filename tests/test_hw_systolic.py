@@ -61,19 +61,20 @@ def _run(spec, addr, x, valid, first, last, rng, stall):
     return np.array(got, dtype=np.int64).reshape(-1, spec.cols)
 
 
-@pytest.mark.parametrize("cols,rows,sum_len,stall,bubble", [
-    (3, 5, 4, 0.0, 0.0),     # sum_len >= cols: results held in place
-    (4, 4, 2, 0.3, 0.2),     # sum_len < cols: deskew delay lines
-    (5, 1, 1, 0.2, 0.3),     # one row (no adder tree), one step per sum
-    (2, 7, 3, 0.4, 0.1),     # odd rows: a node passes through a level
-    (1, 8, 1, 0.0, 0.0),
+@pytest.mark.parametrize("cols,rows,sum_len,stall,bubble,every", [
+    (3, 5, 4, 0.0, 0.0, 2),     # sum_len >= cols: results held in place
+    (4, 4, 2, 0.3, 0.2, 1),     # sum_len < cols: deskew delay lines
+    (5, 1, 1, 0.2, 0.3, 2),     # one row (no adder tree), one step per sum
+    (2, 7, 3, 0.4, 0.1, 1),     # odd rows: a node passes through a level
+    (1, 8, 1, 0.0, 0.0, 2),
+    (3, 16, 2, 0.2, 0.2, 3),
 ])
-def test_array_matches_model(cols, rows, sum_len, stall, bubble):
+def test_array_matches_model(cols, rows, sum_len, stall, bubble, every):
     rng = np.random.default_rng(cols * 100 + rows)
     depth = max(sum_len, 3) + 2
     w = rng.integers(WT.min, WT.max + 1, size=(cols, depth, rows))
     w[0, 0] = WT.max                                  # extreme weights at the first address
-    spec = ArraySpec(w, WT, IT, [16] * cols, sum_len=sum_len)
+    spec = ArraySpec(w, WT, IT, [16] * cols, sum_len=sum_len, register_every=every)
     addr, valid, first, last = _steps(rng, depth, sum_len, 8, bubble)
     x = rng.integers(IT.min, IT.max + 1, size=(len(addr), rows))
     x[:sum_len] = IT.max
