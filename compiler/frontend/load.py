@@ -205,6 +205,7 @@ def load(path, binds: dict[str, np.ndarray] | None = None) -> Graph:
 
     nodes: list[Node] = []
     bad: list[str] = []
+    cascade: list[str] = []     # nodes downstream of a rejected one: listed only if nothing else is
     for k, n in enumerate(g.node):
         name = n.name or f"{n.op_type}_{k}"
         fam = domain_family(n.domain)
@@ -231,7 +232,7 @@ def load(path, binds: dict[str, np.ndarray] | None = None) -> Graph:
             continue
         for i in ins:
             if i and i not in consts and i not in shapes:
-                bad.append(f"{n.op_type} '{name}': input '{i}' is produced by an unsupported node")
+                cascade.append(f"{n.op_type} '{name}': input '{i}' is produced by an unsupported node")
                 break
         else:
             node = Node(op, name, tuple(ins), tuple(n.output), _attrs(n), opsets.get(n.domain, 1))
@@ -244,6 +245,8 @@ def load(path, binds: dict[str, np.ndarray] | None = None) -> Graph:
                 if o:
                     shapes[o] = s
             nodes.append(node)
+    if cascade and not bad:
+        bad = cascade
     if bad:
         more = f" (+{len(bad) - 12} more)" if len(bad) > 12 else ""
         raise UserError(f"{path}: {len(bad)} unsupported node(s): " + "; ".join(bad[:12]) + more)

@@ -20,6 +20,11 @@ def _shape_of(name: str, shapes, consts) -> tuple[int, ...]:
 def _pool_out(n: Node, x, kernel, strides, pads, dil=None, ceil=False):
     nd = len(kernel)
     dil = dil or [1] * nd
+    if len(strides) != nd or len(pads) != 2 * nd or len(dil) != nd:
+        raise UserError(f"{n.op.value} '{n.name}': kernel {kernel}, strides {strides}, pads {pads} disagree in rank")
+    if min(strides) < 1 or min(dil) < 1 or min(kernel) < 1 or min(pads) < 0:
+        raise UserError(f"{n.op.value} '{n.name}': kernel {kernel}, strides {strides}, dilations {dil} must be "
+                        f">= 1 and pads {pads} >= 0")
     out = []
     for i in range(nd):
         eff = (kernel[i] - 1) * dil[i] + 1
@@ -72,7 +77,7 @@ def infer(n: Node, shapes, consts) -> list[tuple[int, ...]]:
         return _infer(n, shapes, consts)
     except UserError:
         raise
-    except (ValueError, IndexError, TypeError, KeyError) as exc:
+    except (ValueError, IndexError, TypeError, KeyError, ZeroDivisionError) as exc:
         raise UserError(f"{n.op.value} '{n.name}': inconsistent shapes ({str(exc)[:120]})") from None
 
 

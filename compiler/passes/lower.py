@@ -35,6 +35,7 @@ from .quantizers import (Affine, Clip, Quantizer, Relu, chain_append, chain_dire
 __all__ = ["lower", "MAX_THRESHOLD_LEVELS"]
 
 MAX_THRESHOLD_LEVELS = 4096
+ROUNDING_MODES = ("ROUND", "HALF_EVEN", "FLOOR", "CEIL", "ROUND_TO_ZERO", "DOWN", "UP", "HALF_UP", "HALF_DOWN")
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,15 @@ class _Lowering:
                                              np.float32(0), ft, "ROUND")
         for node in g.nodes:
             handler = getattr(self, "op_" + node.op.value.lower())
-            outs = handler(node)
+            try:
+                outs = handler(node)
+            except UserError:
+                raise
+            except (ValueError, IndexError, TypeError, KeyError, ZeroDivisionError, OverflowError) as exc:
+                # malformed constants (shapes, dtypes, values) surface here; name the node
+                raise UserError(f"{node.op.value} '{node.name}': cannot lower this node "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); "
+                                "check the shapes and values of its inputs") from None
             if not isinstance(outs, (list, tuple)):
                 outs = [outs]
             for name, val in zip(node.outputs, outs):
@@ -338,6 +347,8 @@ class _Lowering:
             self.err(node, f"scale must be positive and finite, got {s.reshape(-1)[:4].tolist()}")
         signed, narrow = bool(node.attr("signed", 1)), bool(node.attr("narrow", 0))
         mode = str(node.attr("rounding_mode", "ROUND"))
+        if mode.upper() not in ROUNDING_MODES:
+            self.err(node, f"rounding_mode '{mode}' is not one of {', '.join(ROUNDING_MODES)}")
         if narrow and bits == 1 and not signed:
             self.err(node, "1-bit unsigned narrow quantizer has no codes")
         t = IntType(bits, signed, narrow and bits > 1)
@@ -389,6 +400,8 @@ class _Lowering:
         z = np.asarray(self.const_of(node, node.inputs[2], "zero point"), dtype=np.float32)
         in_bits = self._bits(node, node.inputs[3])
         mode = str(node.attr("rounding_mode", "FLOOR"))
+        if mode.upper() not in ROUNDING_MODES:
+            self.err(node, f"rounding_mode '{mode}' is not one of {', '.join(ROUNDING_MODES)}")
         sc = self.per_channel(node, x, s, "scale")
         zc = self.per_channel(node, x, z, "zero point")
         v2 = node.domain_opset >= 2 or len(node.inputs) >= 6
