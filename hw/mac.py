@@ -19,15 +19,13 @@ __all__ = ["MACSpec", "MAC", "BipolarMACSpec", "BipolarMAC", "wrap"]
 
 
 def wrap(values, bits) -> np.ndarray:
-    """Two's-complement wrap of integers to ``bits`` (scalar or broadcastable array)."""
+    """Two's-complement wrap of integers to ``bits`` (scalar or broadcastable array), exact
+    at any width (Python integers); int64 when every width is at most 63."""
     v = np.asarray(values, dtype=object)
-    bits = np.broadcast_to(np.asarray(bits, dtype=object), v.shape)
-    out = np.empty(v.shape, dtype=object)
-    for idx in np.ndindex(v.shape):
-        b = int(bits[idx])
-        x = int(v[idx]) & ((1 << b) - 1)
-        out[idx] = x - (1 << b) if x >> (b - 1) else x
-    return out.astype(np.int64) if out.size == 0 or max(int(b) for b in bits.flat) <= 63 else out
+    b = np.broadcast_to(np.asarray(bits, dtype=object), v.shape)
+    half = np.left_shift(1, b - 1)
+    out = (v + half) % (2 * half) - half
+    return out.astype(np.int64) if b.size == 0 or max(b.flat) <= 63 else out
 
 
 def _check_type(name: str, t) -> IntType:
