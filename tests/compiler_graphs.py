@@ -86,7 +86,7 @@ def mlp(widths=(64, 64, 64, 10), seed=0, in_scale=1 / 16, in_bits=5, act_bits=4,
     out_shape = [1, widths[-1]]
     if final_argmax:
         x = b.node("ArgMax", [x], axis=1, keepdims=1)
-        m = b.model("x", list(in_shape), x, None)
+        m = b.model("x", list(in_shape), x, [1, 1], metadata=metadata)
         m.graph.output[0].type.tensor_type.elem_type = TensorProto.INT64
         return m, names
     return b.model("x", list(in_shape), x, out_shape, metadata=metadata), names

@@ -981,49 +981,54 @@ class _Lowering:
         return Val(out, np.arange(1) if keepdims else np.arange(1).reshape(()), ())
 
     def common_scale(self, node, x: Val) -> str:
-        """Map per-channel ``a_c·acc + b_c`` onto one integer scale before ArgMax."""
+        """Map per-channel ``a_c·acc + b_c`` onto one integer scale before ArgMax, exactly.
+
+        With Q the common denominator of every a_c and b_c, ``Q·(a_c·acc + b_c) = A_c·acc + B_c``
+        in integers: one multshift layer multiplies by A_c, a second adds B_c. Both are exact,
+        so the ArgMax (ties to the lowest index) sees the exact order of the real values.
+        """
+        import math
         C = self.channels(x.src)
         if not is_linear(x.chain):
-            # monotone non-linear tails (ReLU) keep the order only where they are strict
             self.err(node, "ArgMax after a float ReLU/Clip is not supported; quantize or remove it")
         lin = linear_of(x.chain, C)
         if any(v <= 0 for v in lin.a):
             self.err(node, "ArgMax over channels with non-positive scales is not supported")
+        q = 1
+        for v in lin.a + lin.b:
+            q = q * v.denominator // math.gcd(q, v.denominator)
+        A = [int(a * q) for a in lin.a]
+        B = [int(b * q) for b in lin.b]
+        g = 0
+        for v in A + B:
+            g = math.gcd(g, v)
+        g = g or 1
+        A, B = [a // g for a in A], [b // g for b in B]
         lo, hi = self.ranges[x.src]
-        amax = max(lin.a)
-        # y_c = round((acc + bias_c) * mult_c / 2^shift) with mult_c/2^shift ~ a_c/amax, bias_c ~ b_c/a_c
-        exact_b = all((b / a).denominator == 1 for a, b in zip(lin.a, lin.b))
-        exact_a = all((a / amax).denominator & ((a / amax).denominator - 1) == 0 for a in lin.a)
-        span = int(max(abs(int(lo.min())), abs(int(hi.max())))) + 1
-        shift = 0
-        if not (exact_a and exact_b and all((a / amax).denominator == 1 or True for a in lin.a)):
-            shift = 24
-        mult, bias = [], []
-        for a, b in zip(lin.a, lin.b):
-            r = a / amax * (1 << shift)
-            mult.append(int(round(r)) if shift else int(r) if r.denominator == 1 else None)
-            bias.append(int(round(b / a)))
-        if not shift and any(m is None for m in mult):
-            shift = 24
-            mult = [int(round(a / amax * (1 << shift))) for a in lin.a]
-        if shift or not exact_b:
-            err = max(float(abs(Fraction(m, 1 << shift) * (span + abs(bb)) - (a / amax) * span - b / amax))
-                      for m, bb, a, b in zip(mult, bias, lin.a, lin.b))
-            self.notes.append(f"{node.name}: per-channel output scales mapped onto one integer scale with "
-                              f"max error {err:.3g} (in units of the largest channel scale); ArgMax may differ "
-                              "from the float graph where two logits are closer than that")
-        name = self.uniq((node.name or "argmax") + "_align")
-        out = name + "_out"
-        self.names.add(out)
-        ylo = [int(np.floor((int(l) + bb) * m / (1 << shift))) - 1 for l, bb, m in zip(lo, bias, mult)]
-        yhi = [int(np.ceil((int(h) + bb) * m / (1 << shift))) + 1 for h, bb, m in zip(hi, bias, mult)]
-        t = IntType(signed_bits(min(ylo + [0]), max(yhi + [0])), True)
-        self.add_tensor(out, self.tensors[x.src].shape, t, ylo, yhi)
-        self.layers.append(IntLayer(IntKind.REQUANT, name, (x.src,), out, (node.name,), {
-            "requant": {"kind": "multshift", "bias": np.array(bias, np.int64), "mult": np.array(mult, np.int64),
-                        "shift": np.full(C, shift, np.int64), "zero_point": 0, "clip": False, "out_type": t},
-            "input_type": self.tensors[x.src].type}))
-        return out
+        lo = np.broadcast_to(lo, (C,))
+        hi = np.broadcast_to(hi, (C,))
+        y1 = [(min(int(l) * a, int(h) * a), max(int(l) * a, int(h) * a)) for l, h, a in zip(lo, hi, A)]
+        y2 = [(l + b, h + b) for (l, h), b in zip(y1, B)]
+        bits1 = signed_bits(min(l for l, _ in y1 + [(0, 0)]), max(h for _, h in y1 + [(0, 0)]))
+        bits2 = signed_bits(min(l for l, _ in y2 + [(0, 0)]), max(h for _, h in y2 + [(0, 0)]))
+        if max(bits1, bits2) > 62:
+            self.err(node, f"mapping the per-channel output scales onto one integer scale needs {max(bits1, bits2)} "
+                           "bits; use one output scale for all channels (per-tensor) before ArgMax")
+        src = x.src
+        for step, (mult, bias, rng, bits) in enumerate(((A, [0] * C, y1, bits1), ([1] * C, B, y2, bits2))):
+            name = self.uniq((node.name or "argmax") + ("_scale" if step == 0 else "_offset"))
+            out = name + "_out"
+            self.names.add(out)
+            t = IntType(bits, True)
+            self.add_tensor(out, self.tensors[src].shape, t, [l for l, _ in rng], [h for _, h in rng])
+            self.layers.append(IntLayer(IntKind.REQUANT, name, (src,), out, (node.name,), {
+                "requant": {"kind": "multshift", "bias": np.array(bias, np.int64), "mult": np.array(mult, np.int64),
+                            "shift": np.zeros(C, np.int64), "zero_point": 0, "clip": False, "out_type": t},
+                "input_type": self.tensors[src].type,
+                "acc": {"range": [[int(a), int(b)] for a, b in zip(*self.ranges[src])]} if np.ndim(
+                    self.ranges[src][0]) else {"range": [[int(lo[c]), int(hi[c])] for c in range(C)]}}))
+            src = out
+        return src
 
     # requantization -----------------------------------------------------------------------------
     def requant(self, node, x: Val, q: Quantizer, levels=None, narrow_to_range=False) -> Val:
