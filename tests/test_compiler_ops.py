@@ -156,3 +156,24 @@ def test_every_unsupported_node_listed_once(tmp_path):
     msg = str(exc.value)
     assert "2 unsupported node(s)" in msg and "Sigmoid" in msg and "Tanh" in msg
     assert relus[0].name in msg and relus[1].name in msg and "\n" not in msg
+
+
+def test_shape_chain_folding_and_old_ir_initializer_inputs(tmp_path):
+    """x.view(x.shape[0], -1) exports as Shape->Gather->Unsqueeze->Concat->Reshape: folded away;
+    initializers also listed as graph inputs (old IR) are constants, not data inputs."""
+    b = cg.Builder(4)
+    x = b.quant("x", np.float32(1 / 16), 0, 5, False, False)
+    shp = b.node("Shape", [x])
+    g0 = b.node("Gather", [shp, b.const(np.array(0, np.int64), "i0")], axis=0)
+    u = b.node("Unsqueeze", [g0, b.const(np.array([0], np.int64), "ax")])
+    cat = b.node("Concat", [u, b.const(np.array([-1], np.int64), "m1")], axis=0)
+    f = b.node("Reshape", [x, cat])
+    w = b.weight((64, 10), 4, axis_shape=(1, 10))
+    y = b.node("MatMul", [f, w], name="fc")
+    m = b.model("x", [1, 1, 8, 8], y, [1, 10])
+    for init in m.graph.initializer:       # old IR: every initializer is also a graph input
+        m.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    m.ir_version = 3
+    plan, yy, ref, _, _ = _run(m, tmp_path, _x(300))
+    assert [l["kind"] for l in plan.layers] == ["matvec"]
+    np.testing.assert_allclose(yy, ref, rtol=1e-5, atol=1e-5)

@@ -41,7 +41,7 @@ def fuse(ig: IntGraph) -> IntGraph:
         if r is not None:
             tensors.pop(layer.output, None)
             layer = type(layer)(layer.kind, layer.name, layer.inputs, r.output, layer.onnx_nodes + r.onnx_nodes,
-                                {**layer.params, "requant": r.params["requant"], "acc": layer.params.get("acc"), "acc_tensor": layer.output,
+                                {**layer.params, "requant": r.params["requant"], "acc_tensor": layer.output,
                                  "acc_type": ig.tensors[layer.output].type,
                                  "onnx_tensor": r.params.get("onnx_tensor")})
         layers.append(layer)
