@@ -82,7 +82,7 @@ def run(args) -> int:
     plan = Plan.load(args.project)
     try:
         x = np.load(args.input, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         raise UserError(f"--input {args.input}: not a readable .npy array ({exc})") from None
     y, env = predict(plan, x)
     np.save(args.output, y)

@@ -51,7 +51,7 @@ def parse_binds(items) -> dict[str, np.ndarray]:
         name, path = item.split("=", 1)
         try:
             binds[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:
             raise UserError(f"--bind {name}: cannot read '{path}' as a .npy array ({exc})") from None
     return binds
 
