@@ -26,16 +26,16 @@ def width_rows(plan: Plan) -> list[dict]:
 
 
 def _pe_text(pe_bits: list[int]) -> str:
-    lo, hi = min(pe_bits), max(pe_bits)
-    if lo == hi:
-        return f"{hi}x{len(pe_bits)}"
+    """Built width per PE: the list for a few PEs, else ``width:count`` pairs."""
+    if len(pe_bits) <= 4:
+        return ",".join(str(b) for b in pe_bits)
     vals, counts = np.unique(pe_bits, return_counts=True)
-    return "/".join(f"{v}x{c}" for v, c in zip(vals[::-1], counts[::-1]))
+    return " ".join(f"{v}:{c}" for v, c in zip(vals[::-1], counts[::-1]))
 
 
 def width_table(plan: Plan) -> str:
     rows = width_rows(plan)
-    head = ["layer", "K x N", "datatype", "A2Q", "A2Q+", "exact", "per-PE built", "target P", "saving", "PExSIMD",
+    head = ["layer", "K x N", "datatype", "A2Q", "A2Q+", "exact", "per-PE bits", "target P", "saving", "PExSIMD",
             "cycles"]
     lines = []
     for r in rows:
