@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from accumulus.compiler.accumulators import a2q_plus_bits
+from accumulus.compiler.accumulators import a2q_plus_bits, pe_widths
 from accumulus.compiler.synthetic import mlp_plan
 from accumulus.compiler.types import IntType
 from accumulus.errors import UserError
@@ -45,6 +45,13 @@ def preset_plan(name: str, seed: int = 0, pe=None, simd=None):
             break
     else:  # pragma: no cover - 95% sparsity always fits
         raise UserError(f"could not thin preset '{name}' to P={target}")
+    for layer, lpe in zip(macs, pe):
+        # Natural channel order: each fold's channels are one contiguous block, so the
+        # engine restores the order by a lane permutation instead of a double buffer of
+        # N codes (the buffer's flip-flops alone overflow the iCE40's logic cells).
+        order = np.arange(int(layer["channels"]))
+        layer["folding"]["channel_order"] = order.tolist()
+        layer["folding"]["pe_acc_bits"] = pe_widths(np.asarray(layer["acc"]["bits"]["exact"]), lpe, order).tolist()
     for layer in macs[1:]:
         layer["acc"]["bits"]["target"] = target
         w = plan.array(layer["weight"])

@@ -186,3 +186,23 @@ def test_fit_recovers_nonnegative_coefficients():
     got = fit(rows, y, LUT_TERMS)
     for k, v in true.items():
         assert got[k] == pytest.approx(v, abs=1e-3), k
+
+
+def test_estimate_only_report_writes_json_markdown_and_plots(tmp_path):
+    from accumulus.boards.report import run_report
+
+    plan = mlp_plan((16, 8, 4), pe=[2, 1], simd=[4, 1], argmax=True)
+    plan.save(tmp_path)
+    doc = run_report(tmp_path, load_board("icebreaker"), ["exact", "fixed:32"], estimate_only=True, progress=False)
+    rep = tmp_path / "reports"
+    saved = json.loads((rep / "report.json").read_text())
+    assert saved["policies"] == ["exact", "fixed:32"] and saved["options"]["estimate_only"]
+    assert "synth" not in saved["policy"]["exact"]
+    est_e, est_f = doc["policy"]["exact"]["estimate"]["fc0"], doc["policy"]["fixed:32"]["estimate"]["fc0"]
+    # 8 channels x 15 levels; exact stores (PE width + 1) bits per threshold, fixed:32 stores 33
+    assert est_f["threshold_storage_bits"] == 8 * 15 * 33
+    assert est_e["threshold_storage_bits"] < est_f["threshold_storage_bits"]
+    assert est_e["ff"] < est_f["ff"]
+    md = (rep / "report.md").read_text()
+    assert "| fc0 | 16 | 8 | 2 | 4 |" in md and "Estimate (compiler/cost.py" in md
+    assert (rep / "widths.png").stat().st_size > 1000
