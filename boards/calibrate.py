@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from accumulus.compiler import cost as cost_model
+from accumulus.compiler.accumulators import pe_widths
 from accumulus.compiler.synthetic import mlp_plan
 from accumulus.compiler.types import IntType
 
@@ -50,20 +51,24 @@ class Config:
     weight_bits: int = 4
     policy: str = "exact"
     seed: int = 0
+    natural_order: bool = False
 
     @property
     def name(self) -> str:
         return (f"k{self.fan_in}_n{self.channels}_pe{self.pe}_simd{self.simd}_x{self.input_bits}"
-                f"_w{self.weight_bits}_{self.policy.replace(':', '-')}")
+                f"_w{self.weight_bits}_{self.policy.replace(':', '-')}{'_nat' if self.natural_order else ''}")
 
 
 # Twelve engines spanning the folding, input width and policy space the presets use, each
 # small enough to synthesise in seconds on iCE40.
 DEFAULT_CONFIGS = (
-    Config(64, 16, 1, 4), Config(64, 16, 2, 4), Config(64, 16, 2, 4, policy="fixed:32"),
-    Config(64, 32, 4, 4), Config(64, 32, 2, 8), Config(64, 32, 2, 8, policy="datatype"),
-    Config(32, 16, 4, 2), Config(128, 16, 2, 8, input_bits=8), Config(64, 16, 1, 8, input_bits=5, policy="fixed:24"),
-    Config(32, 32, 8, 1), Config(64, 16, 2, 16), Config(128, 32, 4, 8, policy="fixed:32"),
+    Config(64, 16, 1, 4), Config(64, 16, 2, 4), Config(64, 16, 2, 4, policy="fixed:32", natural_order=True),
+    Config(64, 32, 4, 4, natural_order=True), Config(64, 32, 2, 8), Config(64, 32, 2, 8, policy="datatype",
+                                                                               natural_order=True),
+    Config(32, 16, 4, 2), Config(128, 16, 2, 8, input_bits=8, natural_order=True),
+    Config(64, 16, 1, 8, input_bits=5, policy="fixed:24"),
+    Config(32, 32, 8, 1, natural_order=True), Config(64, 16, 2, 16, natural_order=True),
+    Config(128, 32, 4, 8, policy="fixed:32"),
 )
 
 
@@ -72,11 +77,25 @@ def coefficients_path() -> Path:
 
 
 def _plan(cfg: Config):
-    return mlp_plan((cfg.fan_in, cfg.channels, 2), input_type=IntType(cfg.input_bits, False),
+    plan = mlp_plan((cfg.fan_in, cfg.channels, 2), input_type=IntType(cfg.input_bits, False),
                     weight_bits=cfg.weight_bits, act_bits=4, pe=[cfg.pe, 1], simd=[cfg.simd, 1], seed=cfg.seed)
+    if cfg.natural_order:
+        layer = plan.layer("fc0")
+        order = np.arange(cfg.channels)
+        layer["folding"]["channel_order"] = order.tolist()
+        layer["folding"]["pe_acc_bits"] = pe_widths(np.asarray(layer["acc"]["bits"]["exact"]), cfg.pe, order).tolist()
+    return plan
 
 
-def layer_terms(w_bits, x_bits, channels, fan_in, pe, simd, pe_acc_bits, threshold_bits, out_bits) -> dict:
+def order_needs_buffer(order, pe: int) -> bool:
+    """True when hw/mvu.py's Reorder needs its double buffer (some fold's channels are not one block)."""
+    order = [int(c) for c in order]
+    return not all(sorted(order[f * pe:(f + 1) * pe]) == list(range(f * pe, (f + 1) * pe))
+                   for f in range(len(order) // pe))
+
+
+def layer_terms(w_bits, x_bits, channels, fan_in, pe, simd, pe_acc_bits, threshold_bits, out_bits,
+                reorder: bool = True) -> dict:
     """The cost model's features of one MAC layer (what each coefficient multiplies)."""
     lanes = pe * simd
     product = w_bits + x_bits
@@ -84,9 +103,9 @@ def layer_terms(w_bits, x_bits, channels, fan_in, pe, simd, pe_acc_bits, thresho
     return {
         "lut_per_mac_bit": lanes * w_bits * x_bits, "lut_per_adder_bit": lanes * adder_bits,
         "lut_per_acc_bit": float(sum(pe_acc_bits)), "lut_per_threshold_bit": pe * threshold_bits,
-        "lut_per_buffer_bit": channels * out_bits, "lut_per_layer": 1.0,
+        "lut_per_buffer_bit": channels * out_bits * reorder, "lut_per_layer": 1.0,
         "ff_per_acc_bit": float(sum(pe_acc_bits)), "ff_per_lane_bit": lanes * x_bits,
-        "ff_per_buffer_bit": channels * out_bits, "ff_per_layer": 1.0,
+        "ff_per_buffer_bit": channels * out_bits * reorder, "ff_per_layer": 1.0,
     }
 
 
@@ -96,7 +115,8 @@ def features(plan, layer: dict, built: dict) -> dict:
     tb = built.get("threshold_bits") or []
     return layer_terms(int(layer["weight_type"]["bits"]), int(layer["input_type"]["bits"]), int(layer["channels"]),
                        int(layer["fan_in"]), int(layer["folding"]["pe"]), int(layer["folding"]["simd"]),
-                       built["acc_bits"], max(tb) if tb else 0, out_bits)
+                       built["acc_bits"], max(tb) if tb else 0, out_bits,
+                       order_needs_buffer(layer["folding"]["channel_order"], int(layer["folding"]["pe"])))
 
 
 def _nnls(a: np.ndarray, b: np.ndarray, iters: int = 5000) -> np.ndarray:
@@ -143,6 +163,7 @@ def calibrate(family: str, out_dir: Path, configs=DEFAULT_CONFIGS, *, dsp: bool 
         built = {l["layer"]: l for l in doc["layers"]}["fc0"]
         layer = plan.layer("fc0")
         entries.append({"config": asdict(cfg), "name": cfg.name, "features": features(plan, layer, built),
+                        "reorder": order_needs_buffer(layer["folding"]["channel_order"], cfg.pe),
                         "acc_bits": built["acc_bits"], "threshold_bits": built.get("threshold_bits")})
         jobs.append(SynthJob(cfg.name, [d / "rtl" / built["file"]], built["module"], family,
                              d / f"synth-{family}-{'dsp' if dsp else 'lut'}", dsp=dsp, flatten=True))
@@ -164,7 +185,8 @@ def calibrate(family: str, out_dir: Path, configs=DEFAULT_CONFIGS, *, dsp: bool 
     for e in entries:
         c = e["config"]
         est = cost_model.mac_layer_cost(c["weight_bits"], c["input_bits"], c["channels"], c["fan_in"], c["pe"],
-                                        c["simd"], e["acc_bits"], 15, max(e["threshold_bits"] or [0]), coeff)
+                                        c["simd"], e["acc_bits"], 15, max(e["threshold_bits"] or [0]), coeff,
+                                        reorder=e["reorder"])
         e["estimate"] = {"lut": round(est["lut"], 1), "ff": round(est["ff"], 1)}
         # the features reproduce what cost.py computes; a mismatch means the two drifted apart
         e["estimate_from_features"] = round(predict(e["features"], coeff, LUT_TERMS), 1)

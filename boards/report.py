@@ -29,6 +29,7 @@ from accumulus.compiler import cost as cost_model
 from accumulus.errors import UserError
 
 from .boards import Board
+from .calibrate import order_needs_buffer
 from .split import CATEGORIES, split_netlist
 from .synth import RESOURCE_KEYS, SynthJob, run_many, yosys_version
 
@@ -94,7 +95,8 @@ def estimate_layers(plan: Plan, policy: str, family: str, coeff: dict | None = N
         fold = layer["folding"]
         est = cost_model.mac_layer_cost(
             IntTypeBits(layer["weight_type"]), IntTypeBits(layer["input_type"]), int(layer["channels"]),
-            int(layer["fan_in"]), int(fold["pe"]), int(fold["simd"]), acc, levels, max(tb) if tb else 0, coeff)
+            int(layer["fan_in"]), int(fold["pe"]), int(fold["simd"]), acc, levels, max(tb) if tb else 0, coeff,
+            reorder=order_needs_buffer(fold["channel_order"], int(fold["pe"])))
         est["threshold_storage_bits"] = threshold_storage_bits(plan, layer, tb) if tb else 0
         out[layer["name"]] = {k: float(v) for k, v in est.items()}
     return out

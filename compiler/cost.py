@@ -33,7 +33,8 @@ def load_coefficients(family: str | None = None, path=None) -> dict:
 
 
 def mac_layer_cost(w_bits: int, x_bits: int, channels: int, fan_in: int, pe: int, simd: int,
-                   pe_acc_bits, threshold_levels: int, threshold_bits: int, coeff: dict) -> dict:
+                   pe_acc_bits, threshold_levels: int, threshold_bits: int, coeff: dict,
+                   reorder: bool = True) -> dict:
     lanes = pe * simd
     product = w_bits + x_bits
     adder_bits = product + math.ceil(math.log2(simd)) if simd > 1 else 0
@@ -43,10 +44,12 @@ def mac_layer_cost(w_bits: int, x_bits: int, channels: int, fan_in: int, pe: int
            + coeff["lut_per_layer"])
     ff = acc * coeff["ff_per_acc_bit"] + lanes * x_bits * coeff["ff_per_lane_bit"] + coeff["ff_per_layer"]
     # hw/mvu.py restores the natural channel order through a double buffer of N output codes
-    # (accumulators when there is no requantizer); absent coefficients mean "not modelled".
-    out_bits = int(threshold_levels).bit_length() if threshold_levels else int(max(pe_acc_bits, default=0))
-    lut += channels * out_bits * coeff.get("lut_per_buffer_bit", 0.0)
-    ff += channels * out_bits * coeff.get("ff_per_buffer_bit", 0.0)
+    # (accumulators when there is no requantizer) unless every fold's channels are one
+    # contiguous block (``reorder=False``); absent coefficients mean "not modelled".
+    if reorder:
+        out_bits = int(threshold_levels).bit_length() if threshold_levels else int(max(pe_acc_bits, default=0))
+        lut += channels * out_bits * coeff.get("lut_per_buffer_bit", 0.0)
+        ff += channels * out_bits * coeff.get("ff_per_buffer_bit", 0.0)
     dsp_min = coeff.get("dsp_min_product_bits", 0)
     dsp = lanes if dsp_min and product >= dsp_min else 0
     bram = channels * fan_in * w_bits + channels * threshold_levels * threshold_bits
