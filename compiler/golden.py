@@ -176,7 +176,8 @@ def requantize(plan: Plan, requant: dict, acc: np.ndarray) -> np.ndarray:
     bias = plan.array(requant["bias"]).astype(np.int64)
     mult = plan.array(requant["mult"]).astype(np.int64)
     shift = plan.array(requant["shift"]).astype(np.int64)
-    prod_bound = (np.abs(acc).max(initial=0) + np.abs(bias).max(initial=0)) * np.abs(mult).max(initial=0)
+    # python ints: the bound itself must not wrap in int64
+    prod_bound = (int(np.abs(acc).max(initial=0)) + int(np.abs(bias).max(initial=0))) * int(np.abs(mult).max(initial=0))
     if int(prod_bound) < (1 << 62) and shift.min(initial=0) >= 0:
         y = _rshift_vec((acc + bias) * mult, shift)
     else:  # exact wide arithmetic with Python ints

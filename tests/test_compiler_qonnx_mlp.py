@@ -134,3 +134,20 @@ def test_board_budget_and_missing_board(tmp_path, capsys):
     plan = compile_model(path, CompileOptions(budget=tiny))
     assert plan.doc["estimate"]["notes"], "a tiny LUT budget must relax or flag the folding"
     assert plan.doc["estimate"]["cycles_per_frame"] > 1024
+
+
+@pytest.mark.parametrize("pow2", [True, False])
+def test_wide_activations_use_exact_multshift(tmp_path, pow2):
+    """10-bit activations: multiplier/shift instead of 1023 thresholds per channel; exact for
+    power-of-two scales, within 1e-3 codes otherwise (with a 2^16 accumulator pre-scale)."""
+    model, _ = cg.mlp(seed=3, act_bits=10, pow2=pow2, act_scale=2 ** -6 if pow2 else None)
+    plan = compile_model(cg.save(model, tmp_path / "m.onnx"))
+    kinds = [l["requant"]["kind"] for l in plan.layers if l.get("requant")]
+    assert kinds and set(kinds) == {"multshift"}
+    if pow2:
+        assert not plan.doc["notes"]
+    else:
+        assert all("max deviation" in n for n in plan.doc["notes"])
+        assert all(l.get("max_error_codes", 0) < 1e-3 for l in plan.layers)
+    x = np.random.default_rng(1).uniform(-0.1, 1.1, size=(1000, 1, 8, 8)).astype(np.float32)
+    _check_agreement(model, plan, x)

@@ -35,6 +35,9 @@ from .quantizers import (Affine, Clip, Quantizer, Relu, chain_append, chain_dire
 __all__ = ["lower", "MAX_THRESHOLD_LEVELS"]
 
 MAX_THRESHOLD_LEVELS = 4096
+MAX_THRESHOLD_LEVELS_PREFERRED = 255     # wider outputs use multiplier/shift when the chain is affine
+MULT_BITS = 30
+PRESCALE_BITS = 16
 ROUNDING_MODES = ("ROUND", "HALF_EVEN", "FLOOR", "CEIL", "ROUND_TO_ZERO", "DOWN", "UP", "HALF_UP", "HALF_DOWN")
 
 
@@ -1043,9 +1046,18 @@ class _Lowering:
             t = IntType(max(2, signed_bits(min(allc), max(allc))), True)
             q = Quantizer(q.kind, t, 1, q.out_chain, q.scale, q.zero_point, q.rounding_mode,
                           q.thresholds, q.bits, q.trunc_scale)
+        chain = x.chain
+        if len(chain) == 2 and isinstance(chain[1], Relu) and q.kind in ("quant", "qlinear") and \
+                all(z <= q.out_type.min for z in q.zero_point):
+            chain = chain[:1]       # the quantizer's clip at its minimum code already does the ReLU
+        if q.levels > MAX_THRESHOLD_LEVELS_PREFERRED and q.kind in ("quant", "qlinear") and is_linear(chain) \
+                and q.rounding_mode.upper() in ("ROUND", "HALF_EVEN") and q.step == 1 \
+                and len(set(q.zero_point)) == 1:
+            return self.multshift(node, Val(x.src, x.idx, chain), q, lo, hi)
         if q.levels > MAX_THRESHOLD_LEVELS:
             self.err(node, f"requantization to {q.out_type} needs {q.levels} thresholds per channel "
-                           f"(more than {MAX_THRESHOLD_LEVELS}); use at most 12-bit activations")
+                           f"(more than {MAX_THRESHOLD_LEVELS}) and has no multiplier/shift form (non-linear "
+                           "float ops or a rounding mode other than half-to-even); use at most 12-bit activations")
         t_arr, desc = derive_thresholds(x.chain, q, lo, hi)
         if levels is not None and t_arr.shape[1] > levels:
             # MultiThreshold codes stop at the number of thresholds: drop the unreachable ones
@@ -1072,6 +1084,85 @@ class _Lowering:
         self.layers.append(IntLayer(IntKind.REQUANT, name, (x.src,), out, (node.name,), {
             "requant": rq, "input_type": self.tensors[x.src].type, "onnx_tensor": node.outputs[0],
             "acc": {"range": [[int(a), int(b)] for a, b in zip(lo, hi)]}}))
+        return Val(out, x.idx, q.out_chain)
+
+    def multshift(self, node, x: Val, q: Quantizer, lo, hi) -> Val:
+        """``code = round((acc + bias)·mult / 2^shift) + zero_point`` for wide outputs.
+
+        Exact when ``A = a/s`` is a dyadic fraction representable in MULT_BITS bits and the
+        offset is an integer multiple of A; otherwise the largest deviation from the exact
+        rational value over the layer's range (in output code units) is recorded as a note.
+        """
+        C = self.channels(x.src)
+        lin = linear_of(x.chain, C)
+        A = [a / sc for a, sc in zip(lin.a, q.scale)]
+        Bc = [b / sc for b, sc in zip(lin.b, q.scale)]
+        mult, shift, bias, err = self._multshift_params(A, Bc, lo, hi)
+        if err:
+            # the integer bias is in accumulator units: pre-scale the accumulator by 2^PRESCALE
+            # (an exact multshift layer) so that the bias has PRESCALE fraction bits
+            k = PRESCALE_BITS
+            lo2, hi2 = np.asarray(lo, np.int64) << k, np.asarray(hi, np.int64) << k
+            name = self.uniq((node.name or "requant") + "_prescale")
+            out = name + "_out"
+            self.names.add(out)
+            pt = IntType(signed_bits(min(int(lo2.min()), 0), max(int(hi2.max()), 0)), True)
+            self.add_tensor(out, self.tensors[x.src].shape, pt, lo2, hi2)
+            self.layers.append(IntLayer(IntKind.REQUANT, name, (x.src,), out, (node.name,), {
+                "requant": {"kind": "multshift", "bias": np.zeros(C, np.int64), "mult": np.full(C, 1 << k, np.int64),
+                            "shift": np.zeros(C, np.int64), "zero_point": 0, "clip": False, "out_type": pt},
+                "input_type": self.tensors[x.src].type,
+                "acc": {"range": [[int(a), int(b)] for a, b in zip(lo, hi)]}}))
+            x = Val(out, x.idx, x.chain)
+            A = [a / (1 << k) for a in A]
+            lo, hi = lo2, hi2
+            mult, shift, bias, err = self._multshift_params(A, Bc, lo, hi)
+        t = q.out_type
+        return self._finish_multshift(node, x, q, lo, hi, mult, shift, bias, err)
+
+    @staticmethod
+    def _multshift_params(A, Bc, lo, hi):
+        import math
+        mult, shift, bias, err = [], [], [], Fraction(0)
+        for c in range(len(A)):
+            if A[c] == 0:
+                mult.append(0), shift.append(0), bias.append(0)
+                err = max(err, abs(Bc[c] - round(Bc[c])))
+                continue
+            sh = max(0, MULT_BITS - 1 - math.floor(math.log2(abs(float(A[c])))))
+            m = round(A[c] * (1 << sh))
+            while sh > 0 and m % 2 == 0:
+                m //= 2
+                sh -= 1
+            b = round(Bc[c] / (Fraction(m, 1 << sh)))
+            approx = Fraction(m, 1 << sh)
+            span = max(abs(int(lo[c])), abs(int(hi[c])))
+            err = max(err, abs(approx - A[c]) * span + abs(b * approx - Bc[c]))
+            mult.append(int(m)), shift.append(int(sh)), bias.append(int(b))
+        return mult, shift, bias, err
+
+    def _finish_multshift(self, node, x, q, lo, hi, mult, shift, bias, err):
+        C = self.channels(x.src)
+        t = q.out_type
+        zp = int(q.zero_point[0]) if q.kind == "qlinear" else int(q.zero_point[0])
+        if err:
+            self.notes.append(f"{node.name}: requantization to {t} by multiplier/shift is not exact: the scale "
+                              f"ratio is not a short dyadic fraction; max deviation {float(err):.3g} output codes "
+                              "(differs from the float graph only where a value is that close to a rounding tie)")
+        name = self.uniq(node.name or "requant")
+        out = name + "_out"
+        self.names.add(out)
+        lin_out = q.out_chain[0] if q.out_chain else None
+        scale = tuple(float(v) for v in lin_out.a) if lin_out else (1.0,)
+        zpo = tuple(float(-b / a) if a else 0.0 for a, b in zip(lin_out.a, lin_out.b)) if lin_out else (0.0,)
+        if len(set(scale)) == 1 and len(set(zpo)) == 1:
+            scale, zpo = scale[:1], zpo[:1]
+        self.add_tensor(out, self.tensors[x.src].shape, t, [t.min] * C, [t.max] * C, scale, zpo)
+        rq = {"kind": "multshift", "bias": np.array(bias, np.int64), "mult": np.array(mult, np.int64),
+              "shift": np.array(shift, np.int64), "zero_point": zp, "clip": True, "out_type": t}
+        self.layers.append(IntLayer(IntKind.REQUANT, name, (x.src,), out, (node.name,), {
+            "requant": rq, "input_type": self.tensors[x.src].type, "onnx_tensor": node.outputs[0],
+            "acc": {"range": [[int(a), int(b)] for a, b in zip(lo, hi)]}, "max_error_codes": float(err)}))
         return Val(out, x.idx, q.out_chain)
 
     def input_quant(self, node, x: Raw, s, z, t: IntType, mode, qlinear=False, onnx_dtype=None) -> Val:
