@@ -9,7 +9,7 @@ from the plan, so only the top-level ports carry ``tlast``.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Elaboratable, Module, Shape, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Shape, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -136,9 +136,7 @@ class Fork(wiring.Component):
             dst = o.payload.as_value() if hasattr(o.payload, "as_value") else o.payload
             m.d.comb += [dst.eq(src), o.valid.eq(self.i.valid & ~t), d.eq(t | o.ready)]
         all_done = Signal()
-        m.d.comb += all_done.eq(1)
-        for d in done:
-            m.d.comb += all_done.eq(all_done & d)
+        m.d.comb += all_done.eq(Cat(*done).all())
         m.d.comb += self.i.ready.eq(all_done)
         for o, t in zip(outs, taken):
             with m.If(self.i.valid & all_done):

@@ -84,10 +84,13 @@ class SWGSpec:
         Element type.
     simd : int
         Elements per beat, in and out; must divide C (a beat never straddles pixels).
+    slack_rows : int
+        Rows of buffer beyond the minimum (kernel height + row stride), rounded up to a
+        power of two with it: lets a bursty producer run further ahead.
     """
 
     def __init__(self, in_shape, kernel, stride=1, pads=0, dilation=1, *, pad_value=0,
-                 elem: IntType = IntType(8, False), simd: int = 1):
+                 elem: IntType = IntType(8, False), simd: int = 1, slack_rows: int = 0):
         (self.in_shape, self.kernel, self.stride, self.pads, self.dilation,
          out_hw) = window_geometry(in_shape, kernel, stride, pads, dilation)
         if not isinstance(elem, IntType):
@@ -103,7 +106,7 @@ class SWGSpec:
         self.out_hw = out_hw
         kh, kw = self.kernel
         ekh = (kh - 1) * self.dilation[0] + 1
-        need = ekh + self.stride[0]
+        need = ekh + self.stride[0] + check_int("slack_rows", slack_rows, 0)
         self.rows = 1 << (need - 1).bit_length()
 
     # -- sizes ----------------------------------------------------------------------------

@@ -102,6 +102,7 @@ class EngineSpec:
         channels_in = in_shape[-1]
         self.swg = self.mvu = self.pool = self.requant = self.add = self.argmax = None
         self.mid_elems = None
+        self.in_fifo_depth = 0
         kind = self.kind
 
         def adopt(channels):
@@ -123,12 +124,21 @@ class EngineSpec:
                 self.in_elems = simd if c % simd == 0 else math.gcd(simd, c)
                 self.swg = SWGSpec(conv["in_shape"], conv["kernel"], conv["stride"], conv["pads"],
                                    conv.get("dilation", [1, 1]), pad_value=conv["pad_value"],
-                                   elem=self.in_type, simd=self.in_elems)
+                                   elem=self.in_type, simd=self.in_elems, )
                 self.mid_elems = simd
                 self.pixels = conv["out_shape"][0] * conv["out_shape"][1]
+                # The MVU reads its first fold at one beat per cycle; the window generator
+                # (narrower when SIMD does not divide C) fills this queue during the other folds.
+                if self.mvu.fold_out > 1:
+                    self.in_fifo_depth = self.mvu.fold_in + 1
             else:
                 self.in_elems = simd
                 self.pixels = 1
+                # A producer hands out the vector over its whole frame; one vector of queue
+                # lets it run on while this MVU works through its folds (FINN's model
+                # assumes exactly that overlap).
+                if self.mvu.fold_out > 1:
+                    self.in_fifo_depth = self.mvu.fold_in + 1
         elif kind in ("maxpool", "avgpool"):
             self.in_elems = adopt(channels_in)
             self.pool = PoolSpec("max" if kind == "maxpool" else "avg", layer["in_shape"], layer["kernel"],
@@ -297,10 +307,10 @@ class Engine(wiring.Component):
             wiring.connect(m, wiring.flipped(self.i), am.i)
             _join(m, am.o, self.o)
             return m
-        src = self.i
+        src = wiring.flipped(self.i)
         if s.swg is not None:
             m.submodules.swg = swg = s.swg.create()
-            wiring.connect(m, wiring.flipped(self.i), swg.i)
+            wiring.connect(m, src, swg.i)
             src = swg.o
             if s.mid_elems != s.in_elems:
                 m.submodules.widen = wc = WidthConverter(s.in_type, s.in_elems, s.mid_elems)
@@ -308,6 +318,10 @@ class Engine(wiring.Component):
                 src = wc.o
         if s.mvu is not None:
             m.submodules.mvu = mvu = s.mvu.create()
+            if s.in_fifo_depth:
+                m.submodules.in_fifo = q = StreamFIFO(beat_layout(s.in_type, s.mvu.in_elems), s.in_fifo_depth)
+                wiring.connect(m, src, q.i)
+                src = q.o
             _join(m, src, mvu.i)
             _join(m, mvu.o, self.o)
             return m
