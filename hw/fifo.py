@@ -74,7 +74,11 @@ class StreamFIFO(wiring.Component):
 
     def __init__(self, shape, depth: int):
         self._shape = shape
-        self._depth = check_int("depth", depth, 1)
+        try:
+            self._depth = check_int("depth", depth, 1)
+        except (TypeError, ValueError):
+            self._MustUse__silence = True  # a rejected object is not an unused design
+            raise
         super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
 
     @property
@@ -116,7 +120,11 @@ class Fork(wiring.Component):
     """
 
     def __init__(self, shape, n: int = 2):
-        self._n = check_int("n", n, 1)
+        try:
+            self._n = check_int("n", n, 1)
+        except (TypeError, ValueError):
+            self._MustUse__silence = True
+            raise
         members = {"i": In(stream.Signature(shape))}
         for k in range(self._n):
             members[f"o{k}"] = Out(stream.Signature(shape))

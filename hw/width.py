@@ -41,15 +41,19 @@ class WidthConverter(wiring.Component):
     """
 
     def __init__(self, elem: IntType, a: int, b: int, frame: int | None = None):
-        self._elem = elem
-        element_shape(elem)  # validates the type
-        self._a = check_int("a", a, 1)
-        self._b = check_int("b", b, 1)
-        if frame is not None:
-            frame = check_int("frame", frame, 1)
-            for name, v in (("a", self._a), ("b", self._b)):
-                if frame % v:
-                    raise ValueError(f"{name}={v} elements per beat does not divide the frame of {frame} elements")
+        try:
+            self._elem = elem
+            element_shape(elem)  # validates the type
+            self._a = check_int("a", a, 1)
+            self._b = check_int("b", b, 1)
+            if frame is not None:
+                frame = check_int("frame", frame, 1)
+                for name, v in (("a", self._a), ("b", self._b)):
+                    if frame % v:
+                        raise ValueError(f"{name}={v} elements per beat does not divide the frame of {frame} elements")
+        except (TypeError, ValueError):
+            self._MustUse__silence = True  # a rejected object is not an unused design
+            raise
         self._frame = frame
         super().__init__({"i": In(beat_signature(elem, self._a)), "o": Out(beat_signature(elem, self._b))})
 
