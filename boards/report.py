@@ -33,7 +33,7 @@ from .calibrate import order_needs_buffer
 from .split import CATEGORIES, split_netlist
 from .synth import RESOURCE_KEYS, SynthJob, run_many, yosys_version
 
-__all__ = ["DEFAULT_POLICIES", "policy_dir", "policy_widths", "estimate_layers", "run_report", "variants_for",
+__all__ = ["rerender", "targets", "savings", "DEFAULT_POLICIES", "policy_dir", "policy_widths", "estimate_layers", "run_report", "variants_for",
            "threshold_storage_bits"]
 
 DEFAULT_POLICIES = ("exact", "datatype", "fixed:32")
@@ -297,8 +297,57 @@ def savings(doc: dict, base: str = "exact") -> dict:
     return out
 
 
+def _sum_layers(s: dict, cat: str, key: str) -> tuple[int, int]:
+    base = sum(c[cat][key]["base"] for c in s["layers"].values())
+    other = sum(c[cat][key]["other"] for c in s["layers"].values())
+    return base, other
+
+
+def targets(doc: dict, against: str = "fixed:32") -> list[dict]:
+    """issue 7's targets of ``exact`` against ``against``: met or not, with the numbers."""
+    out = []
+    sv = doc.get("savings", {})
+    for var, others in sv.items():
+        s = others.get(against)
+        if not s:
+            continue
+        b, o = _sum_layers(s, "reduction", "ff")
+        out.append({"what": f"reduction-datapath FFs ({var} build)", "base": b, "other": o,
+                    "ratio": _ratio(o, b), "target": 1.5})
+        tb = sum(c["thresholds"]["storage_bits"]["base"] for c in s["layers"].values())
+        to = sum(c["thresholds"]["storage_bits"]["other"] for c in s["layers"].values())
+        if var == doc["variants"][0] and (tb or to):
+            out.append({"what": "threshold storage bits", "base": tb, "other": to, "ratio": _ratio(to, tb),
+                        "target": 1.5})
+        if var == "dsp" and doc["board"]["family"] == "ecp5":
+            t = s["total"]["lut"]
+            out.append({"what": "LUTs, whole design (ECP5, multipliers in DSPs)", "base": t["base"],
+                        "other": t["other"], "ratio": t["ratio"], "target": 1.5})
+            b, o = _sum_layers(s, "reduction", "lut")
+            b2, o2 = _sum_layers(s, "thresholds", "lut")
+            out.append({"what": "LUTs, reduction datapath + thresholds (ECP5, DSPs)", "base": b + b2,
+                        "other": o + o2, "ratio": _ratio(o + o2, b + b2), "target": 1.5})
+    for t in out:
+        t["met"] = bool(t["ratio"] is not None and t["ratio"] >= t["target"])
+    return out
+
+
+def rerender(rep_dir: Path) -> dict:
+    """Recompute savings, targets, plots and report.md from an existing report.json."""
+    rep_dir = Path(rep_dir)
+    doc = json.loads((rep_dir / "report.json").read_text())
+    doc["savings"] = savings(doc)
+    doc["targets"] = targets(doc)
+    doc["estimator"] = _estimator_error(doc)
+    doc["plots"] = write_plots(doc, rep_dir)
+    (rep_dir / "report.md").write_text(render_markdown(doc))
+    (rep_dir / "report.json").write_text(json.dumps(doc, indent=1, default=_json_default) + "\n")
+    return doc
+
+
 def _finish(doc, rep_dir: Path, plan: Plan, board: Board, t0: float, say) -> dict:
     doc["savings"] = savings(doc)
+    doc["targets"] = targets(doc)
     doc["estimator"] = _estimator_error(doc)
     doc["seconds"] = round(time.monotonic() - t0, 1)
     (rep_dir / "report.json").write_text(json.dumps(doc, indent=1, default=_json_default) + "\n")
@@ -469,6 +518,18 @@ def render_markdown(doc: dict) -> str:
             if v:
                 lines.append(f"- {pol}: `{v['dir']}` ({', '.join(v['tcl'] + v['xdc'])}); run: `{v['run']}`")
     lines.append("")
+    if doc.get("targets"):
+        lines.append("## Targets: `exact` against `fixed:32`")
+        lines.append("| what | exact | fixed:32 | ratio | target | met |")
+        lines.append("|---|---|---|---|---|---|")
+        for t in doc["targets"]:
+            lines.append(f"| {t['what']} | {t['base']} | {t['other']} | {_fmt_ratio(t['ratio'])} | "
+                         f">= {t['target']}x | {'yes' if t['met'] else 'NO'} |")
+        if not all(t["met"] for t in doc["targets"]):
+            lines.append("")
+            lines.append("Where a target is missed, the per-layer tables below show where the resources go: "
+                         "parts that do not depend on the accumulator width (multipliers, rest) dilute the ratio.")
+        lines.append("")
     # savings
     for var, others in doc.get("savings", {}).items():
         for other, s in others.items():
@@ -530,3 +591,14 @@ def render_markdown(doc: dict) -> str:
     for p in doc.get("plots", []):
         lines.append(f"![{p}]({p})")
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m accumulus.boards.report --rerender DIR/reports
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m accumulus.boards.report")
+    ap.add_argument("--rerender", required=True, metavar="DIR/reports",
+                    help="recompute savings, targets, plots and report.md from report.json")
+    a = ap.parse_args()
+    rerender(Path(a.rerender))
+    print(f"rewrote {Path(a.rerender) / 'report.md'}")
