@@ -26,7 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-from accumulus.compiler.plan import MAC_KINDS, Plan
+from accumulus.compiler import golden
+from accumulus.compiler.plan import LAYER_KINDS, MAC_KINDS, Plan
 from accumulus.errors import UserError
 
 from . import stimulus as stim
@@ -115,13 +116,16 @@ def top_design(project: Path, build: dict, plan: Plan) -> Design:
                   cycles_per_frame_estimate=est)
 
 
-def layer_designs(project: Path, build: dict, plan: Plan) -> list[tuple[dict, Design]]:
-    """(plan layer, design) for every MAC engine in build.json with its own Verilog file."""
+def layer_designs(project: Path, build: dict, plan: Plan, kinds=MAC_KINDS) -> list[tuple[dict, Design]]:
+    """(plan layer, design) for every engine of ``kinds`` in build.json with its own Verilog file.
+
+    Engines with two inputs (a residual ``add``) are left to the whole-design run.
+    """
     out = []
     by_name = {layer["name"]: layer for layer in plan.layers}
     for entry in build.get("layers", []):
         layer = by_name.get(entry.get("name") or entry.get("layer"))
-        if layer is None or layer["kind"] not in MAC_KINDS or not entry.get("file"):
+        if layer is None or layer["kind"] not in kinds or len(layer["inputs"]) != 1 or not entry.get("file"):
             continue
         src = project / "rtl" / entry["file"]
         if not src.exists():
@@ -165,9 +169,16 @@ def _trim(r: dict) -> dict:
 
 def simulate(project: str | Path, simulator: str = "icarus", frames: int = 100, seed: int = 0,
              backpressure: float = 0.3, stimulus: str = "test", waves: bool = False, measure_frames: int = 8,
-             out: str | Path | None = None, log: Callable[[str], None] = print) -> dict:
-    """Run the co-simulation of a project folder; writes and returns ``sim/results.json``."""
+             out: str | Path | None = None, engines: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Run the co-simulation of a project folder; writes and returns ``sim/results.json``.
+
+    ``engines``: also run every single-input layer engine of ``rtl/layers/`` alone on the
+    golden model's tensors for the same stimulus (worst-case stimulus always runs the
+    deeper MAC engines alone).
+    """
     project = Path(project)
+    if not project.is_dir():
+        raise UserError(f"project folder {project} not found: make it with 'accumulus compile' and 'accumulus build'")
     if simulator not in SIMULATORS:
         raise UserError(f"unknown simulator '{simulator}': choose one of {', '.join(SIMULATORS)}")
     if frames < 1:
@@ -203,8 +214,17 @@ def simulate(project: str | Path, simulator: str = "icarus", frames: int = 100, 
             x, y = _layer_stimulus(plan, layer, d)
             jobs.append((d, x, y, f"worst case of layer '{layer['name']}' (engine alone)"))
     else:
-        codes = stim.npy_codes(plan, stimulus)
+        codes = stim.npy_codes(plan, stimulus)[:frames]
         jobs.append((top, codes.reshape(len(codes), -1), expected_design(plan, codes), f"file {stimulus}"))
+
+    if engines and stimulus != "worst":
+        # Every single-input engine alone, fed the golden model's tensor in front of it:
+        # a mismatch in the whole design is then pinned to one layer.
+        env = golden.run(plan, codes)
+        n = len(codes)
+        for layer, d in layer_designs(project, build, plan, kinds=tuple(k for k in LAYER_KINDS if k != "add")):
+            x, y = env[layer["inputs"][0]].reshape(n, -1), env[layer["output"]].reshape(n, -1)
+            jobs.append((d, x, y, f"golden input of layer '{layer['name']}' (engine alone)"))
 
     runs = []
     for design, x, y, source in jobs:

@@ -146,7 +146,7 @@ def build(design: Design, simulator: str = "icarus", build_root: str | Path = "s
     """Compile ``design`` for ``simulator`` unless an identical build already exists."""
     runner = _runner(simulator)
     key = {"design": design.content_hash(), "simulator": simulator, "waves": bool(waves),
-           "version": simulator_version(simulator)}
+           "version": simulator_version(simulator), "x_initial": "unique"}
     build_dir = Path(build_root).resolve() / f"{design.name}-{simulator}{'-waves' if waves else ''}"
     stamp = build_dir / _STAMP
     product = build_dir / ("sim.vvp" if simulator == "icarus" else design.toplevel)
@@ -162,7 +162,11 @@ def build(design: Design, simulator: str = "icarus", build_root: str | Path = "s
     args = []
     if simulator == "verilator":
         # Generated netlists trip style/width lint that is not an error in the design.
-        args = ["-Wno-fatal", "-Wno-lint", "-Wno-style"]
+        args = ["-Wno-fatal", "-Wno-lint", "-Wno-style",
+                # Uninitialised state (memories without init) starts random, seeded at run time:
+                # a result that depends on it shows up as a mismatch instead of passing by luck
+                # of Verilator's zeros. Icarus shows the same as X on the output.
+                "--x-assign", "unique", "--x-initial", "unique"]
     log = Path(log_file) if log_file else build_dir / "build.log"
     saved = os.environ.get("MAKEFLAGS")
     if simulator == "verilator" and _pch_flag_missing():
@@ -234,6 +238,8 @@ def run(design: Design, inputs: np.ndarray, expected: np.ndarray, simulator: str
         runner.test(test_module="accumulus.sim.testbench", hdl_toplevel=design.toplevel, hdl_toplevel_lang="verilog",
                     build_dir=b.build_dir, test_dir=work, extra_env={CONFIG_ENV: str(cfg_path)},
                     results_xml=str(work / "results.xml"), seed=seed, waves=waves, timescale=TIMESCALE,
+                    plusargs=(["+verilator+rand+reset+2", f"+verilator+seed+{seed + 1}"]
+                              if simulator == "verilator" else []),
                     log_file=log)
     except (SystemExit, RuntimeError):
         pass   # a failing test exits non-zero; its results file says why
@@ -245,7 +251,13 @@ def run(design: Design, inputs: np.ndarray, expected: np.ndarray, simulator: str
     wave_file = None
     if waves:
         cand = [b.build_dir / f"{design.toplevel}.fst", work / "dump.vcd", b.build_dir / "dump.vcd"]
-        wave_file = next((str(c) for c in cand if c.exists()), None)
+        found = next((c for c in cand if c.exists()), None)
+        if found is not None:
+            # Icarus dumps into the (shared, reused) build folder: keep each run's waves with the run.
+            dest = work / f"{design.toplevel}{found.suffix}"
+            if found != dest:
+                shutil.move(str(found), dest)
+            wave_file = str(dest)
     results.update({
         "design": design.name, "simulator": simulator, "simulator_version": simulator_version(simulator),
         "build_seconds": round(b.seconds, 3), "build_reused": b.reused, "sim_seconds": round(sim_seconds, 3),

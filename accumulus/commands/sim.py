@@ -10,6 +10,7 @@ EXAMPLES = """
   accumulus sim build/digits --simulator verilator --frames 500 --seed 3
   accumulus sim build/digits --stimulus worst         # drive every accumulator to its bounds
   accumulus sim build/digits --stimulus inputs.npy --backpressure 0 --waves
+  accumulus sim build/digits --frames 10 --engines     # each layer engine alone too
 Writes DIR/sim/results.json (frames, mismatches with the first in detail, measured cycles
 per frame and latency, simulator version, wall time). Exit code 1 on any mismatch.
 """
@@ -27,7 +28,8 @@ def _probability(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", metavar="DIR", help="project folder with plan.json and rtl/ (from 'accumulus build')")
-    parser.add_argument("--frames", type=int, default=100, help="test frames to simulate (default 100)")
+    parser.add_argument("--frames", type=int, default=100,
+                        help="frames of test images or of FILE.npy to simulate (default 100; worst-case runs every vector)")
     parser.add_argument("--simulator", choices=["icarus", "verilator"], default="icarus",
                         help="Icarus starts fastest; Verilator runs long simulations faster (default icarus)")
     parser.add_argument("--backpressure", type=_probability, default=0.3, metavar="P",
@@ -38,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test images of the plan's dataset, worst-case accumulator vectors, or an .npy of inputs")
     parser.add_argument("--measure-frames", type=int, default=8,
                         help="frames of the no-back-pressure phase that measures cycles per frame (default 8)")
+    parser.add_argument("--engines", action="store_true",
+                        help="also run each layer engine of rtl/layers/ alone on the golden tensors (pins a mismatch to a layer)")
     parser.add_argument("--out", default=None, help="folder to write sim/ into (default: DIR)")
 
 
@@ -46,7 +50,7 @@ def run(args) -> int:
 
     r = simulate(args.dir, simulator=args.simulator, frames=args.frames, seed=args.seed,
                  backpressure=args.backpressure, stimulus=args.stimulus, waves=args.waves,
-                 measure_frames=args.measure_frames, out=args.out)
+                 measure_frames=args.measure_frames, out=args.out, engines=args.engines)
     cpf, est = r["cycles_per_frame"], r["cycles_per_frame_estimate"]
     verdict = "PASS" if r["passed"] else "FAIL"
     print(f"{verdict}: {r['frames'] - r['mismatched_frames'] - r['frames_missing']}/{r['frames']} frames bit-exact "
