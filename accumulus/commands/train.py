@@ -40,6 +40,8 @@ def add_arguments(p):
     t.add_argument("--epochs", type=int, default=None, help="epochs (default 10)")
     t.add_argument("--seed", type=int, default=0, help="seed for init, batches and the data split (default 0)")
     t.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    t.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
+                   help="cosine: anneal the learning rate to 0 over --epochs (default); constant")
     t.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1: fastest on a shared 2-core machine)")
     t.add_argument("--resume", action="store_true", help="continue from DIR/model.pt (same options, more --epochs)")
@@ -68,7 +70,7 @@ def run(args) -> int:
     if "hidden" in chosen:
         chosen["hidden"] = tuple(chosen["hidden"])
     opts = TrainOptions(epochs=args.epochs if args.epochs is not None else 10, seed=args.seed,
-                        batch_size=args.batch_size, lr=args.lr, threads=args.threads, resume=args.resume,
+                        batch_size=args.batch_size, lr=args.lr, schedule=args.lr_schedule, threads=args.threads, resume=args.resume,
                         float_baseline=not args.no_float_baseline, limit=args.limit, progress=not args.quiet)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
