@@ -18,7 +18,7 @@ other without a gap.
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -83,7 +83,10 @@ class SWGSpec:
     elem : IntType
         Element type.
     simd : int
-        Elements per beat, in and out; must divide C (a beat never straddles pixels).
+        Elements per output beat. Either it divides C (input beats carry ``simd``
+        channels too), or it is a multiple of C covering whole pixels of the window
+        (``simd/C`` divides ``kh*kw``; input beats carry one pixel, ``C`` elements, and
+        the buffer gets one read port per pixel of a beat).
     slack_rows : int
         Rows of buffer beyond the minimum (kernel height + row stride), rounded up to a
         power of two with it: lets a bursty producer run further ahead.
@@ -101,10 +104,16 @@ class SWGSpec:
             raise ValueError(f"pad_value {pad_value} is not a code of {elem} ({elem.min}..{elem.max})")
         self.simd = check_int("simd", simd, 1)
         c = self.in_shape[2]
-        if c % self.simd:
-            raise ValueError(f"simd={simd} must divide the {c} input channels (a beat holds channels of one pixel)")
-        self.out_hw = out_hw
         kh, kw = self.kernel
+        if c % self.simd == 0:
+            self.word_elems, self.lanes = self.simd, 1
+        elif self.simd % c == 0 and (kh * kw) % (self.simd // c) == 0:
+            # A beat holds several whole pixels of the window: one read port per pixel.
+            self.word_elems, self.lanes = c, self.simd // c
+        else:
+            raise ValueError(f"simd={simd} must divide the {c} input channels, or be a multiple of them "
+                             f"that divides the {kh * kw}-pixel window into whole pixels")
+        self.out_hw = out_hw
         ekh = (kh - 1) * self.dilation[0] + 1
         need = ekh + self.stride[0] + check_int("slack_rows", slack_rows, 0)
         self.rows = 1 << (need - 1).bit_length()
@@ -112,7 +121,13 @@ class SWGSpec:
     # -- sizes ----------------------------------------------------------------------------
     @property
     def channel_words(self) -> int:
-        return self.in_shape[2] // self.simd
+        """Memory words (of ``word_elems`` elements) per pixel."""
+        return self.in_shape[2] // self.word_elems
+
+    @property
+    def window_beats(self) -> int:
+        """Output beats per window."""
+        return self.kernel[0] * self.kernel[1] * self.channel_words // self.lanes
 
     @property
     def window(self) -> int:
@@ -127,7 +142,7 @@ class SWGSpec:
     @property
     def out_beats(self) -> int:
         oh, ow = self.out_hw
-        return oh * ow * self.kernel[0] * self.kernel[1] * self.channel_words
+        return oh * ow * self.window_beats
 
     @property
     def cycles_per_frame(self) -> int:
@@ -176,8 +191,8 @@ class SlidingWindow(wiring.Component):
 
     Members
     -------
-    i : ``In(beat_signature(elem, simd))``
-        The image, ``H*W*C/simd`` beats per frame.
+    i : ``In(beat_signature(elem, word_elems))``
+        The image, ``H*W*C/word_elems`` beats per frame.
     o : ``Out(beat_signature(elem, simd))``
         The windows, ``OH*OW*kh*kw*C/simd`` beats per frame.
     """
@@ -186,8 +201,8 @@ class SlidingWindow(wiring.Component):
         if not isinstance(spec, SWGSpec):
             raise TypeError(f"spec must be an SWGSpec, got {spec!r}")
         self.spec = spec
-        sig = beat_signature(spec.elem, spec.simd)
-        super().__init__({"i": In(sig), "o": Out(sig)})
+        super().__init__({"i": In(beat_signature(spec.elem, spec.word_elems)),
+                          "o": Out(beat_signature(spec.elem, spec.simd))})
 
     def elaborate(self, platform):
         m = Module()
@@ -199,11 +214,13 @@ class SlidingWindow(wiring.Component):
         oh, ow = s.out_hw
         rows = s.rows
         row_bits = (rows - 1).bit_length()
-        word = s.simd * element_shape(s.elem).width
+        lanes = s.lanes
+        ew = element_shape(s.elem).width
+        word = s.word_elems * ew
 
         m.submodules.buf = buf = memory.Memory(shape=unsigned(word), depth=s.buffer_words, init=[])
         wr = buf.write_port()
-        rd = buf.read_port()
+        rds = [buf.read_port() for _ in range(lanes)]
 
         def addr(slot, x, cw):
             return (slot * (w * cw_n) + x * cw_n + cw)[:len(wr.addr)]
@@ -220,8 +237,8 @@ class SlidingWindow(wiring.Component):
         # -- reader state --
         oy = Signal(range(oh))
         ox = Signal(range(ow))
-        ki = Signal(range(kh))
-        kj = Signal(range(kw))
+        beats = kh * kw // lanes               # window positions per lane
+        t = Signal(range(beats))
         rcw = Signal(range(cw_n))
         y0 = Signal(coord, init=-top)     # first input row of the current output row
         x0 = Signal(coord, init=-left)
@@ -266,52 +283,52 @@ class SlidingWindow(wiring.Component):
             yl.eq(Mux(last_px | (y0 + (kh - 1) * dh > h - 1), h - 1, y0 + (kh - 1) * dh)),
             xl.eq(Mux(last_px | (x0 + (kw - 1) * dw > w - 1), w - 1, x0 + (kw - 1) * dw)),
         ]
-        at_start = (ki == 0) & (kj == 0) & (rcw == 0)
+        at_start = (t == 0) & (rcw == 0)
         px_ready = ahead | (wy > yl) | ((wy == yl) & (wx > xl))
         go = Signal()
         m.d.comb += go.eq(~at_start | px_ready)
 
-        y = Signal(coord)
-        x = Signal(coord)
-        m.d.comb += [y.eq(y0 + ki * dh), x.eq(x0 + kj * dw)]
-        pad = (y < 0) | (y >= h) | (x < 0) | (x >= w)
-        slot = Signal(row_bits)
-        m.d.comb += slot.eq((rbase + y)[:row_bits])
-
         out_valid = Signal()
-        out_pad = Signal()
         adv = Signal()
-        m.d.comb += [
-            adv.eq(~out_valid | self.o.ready),
-            rd.en.eq(adv),
-            rd.addr.eq(addr(slot, x[:max(1, (w - 1).bit_length())], rcw)),
-            self.o.valid.eq(out_valid),
-        ]
-        pad_word = Const(sum((s.pad_value & ((1 << element_shape(s.elem).width) - 1)) << (k * element_shape(s.elem).width)
-                             for k in range(s.simd)), word)
-        m.d.comb += self.o.payload.as_value().eq(Mux(out_pad, pad_word, rd.data))
+        m.d.comb += [adv.eq(~out_valid | self.o.ready), self.o.valid.eq(out_valid)]
+        pad_word = Const(sum((s.pad_value & ((1 << ew) - 1)) << (k * ew) for k in range(s.word_elems)), word)
+        lane_out = []
+        for j, rd in enumerate(rds):
+            # Lane j of beat t reads window position t*lanes + j: (row, column) offsets from tables.
+            pos = [b * lanes + j for b in range(beats)]
+            dy = Array(Const((p // kw) * dh, range((kh - 1) * dh + 1)) for p in pos)[t]
+            dx = Array(Const((p % kw) * dw, range((kw - 1) * dw + 1)) for p in pos)[t]
+            y = Signal(coord, name=f"y{j}")
+            x = Signal(coord, name=f"x{j}")
+            m.d.comb += [y.eq(y0 + dy), x.eq(x0 + dx)]
+            pad = (y < 0) | (y >= h) | (x < 0) | (x >= w)
+            slot = Signal(row_bits, name=f"slot{j}")
+            m.d.comb += slot.eq((rbase + y)[:row_bits])
+            out_pad = Signal(name=f"pad{j}")
+            m.d.comb += [rd.en.eq(adv), rd.addr.eq(addr(slot, x[:max(1, (w - 1).bit_length())], rcw))]
+            with m.If(adv):
+                m.d.sync += out_pad.eq(pad)
+            lane_out.append(Mux(out_pad, pad_word, rd.data))
+        m.d.comb += self.o.payload.as_value().eq(Cat(*lane_out))
         with m.If(adv):
-            m.d.sync += [out_valid.eq(go), out_pad.eq(pad)]
+            m.d.sync += out_valid.eq(go)
             with m.If(go):
                 with m.If(rcw == cw_n - 1):
                     m.d.sync += rcw.eq(0)
-                    with m.If(kj == kw - 1):
-                        m.d.sync += kj.eq(0)
-                        with m.If(ki == kh - 1):
-                            m.d.sync += ki.eq(0)
-                            with m.If(ox == ow - 1):
-                                m.d.sync += [ox.eq(0), x0.eq(-left)]
-                                with m.If(oy == oh - 1):
-                                    m.d.sync += [oy.eq(0), y0.eq(-top), rframe.eq(~rframe),
-                                                 rbase.eq((rbase + h)[:row_bits])]
-                                with m.Else():
-                                    m.d.sync += [oy.eq(oy + 1), y0.eq(y0 + sh)]
+                    with m.If(t == beats - 1):
+                        m.d.sync += t.eq(0)
+                        # end of the window: next output pixel
+                        with m.If(ox == ow - 1):
+                            m.d.sync += [ox.eq(0), x0.eq(-left)]
+                            with m.If(oy == oh - 1):
+                                m.d.sync += [oy.eq(0), y0.eq(-top), rframe.eq(~rframe),
+                                             rbase.eq((rbase + h)[:row_bits])]
                             with m.Else():
-                                m.d.sync += [ox.eq(ox + 1), x0.eq(x0 + sw)]
+                                m.d.sync += [oy.eq(oy + 1), y0.eq(y0 + sh)]
                         with m.Else():
-                            m.d.sync += ki.eq(ki + 1)
+                            m.d.sync += [ox.eq(ox + 1), x0.eq(x0 + sw)]
                     with m.Else():
-                        m.d.sync += kj.eq(kj + 1)
+                        m.d.sync += t.eq(t + 1)
                 with m.Else():
                     m.d.sync += rcw.eq(rcw + 1)
         return m

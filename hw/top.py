@@ -121,10 +121,19 @@ class EngineSpec:
             if kind == "conv":
                 conv = layer["conv"]
                 c = conv["in_shape"][2]
-                self.in_elems = simd if c % simd == 0 else math.gcd(simd, c)
-                self.swg = SWGSpec(conv["in_shape"], conv["kernel"], conv["stride"], conv["pads"],
+
+                def swg(beat):
+                    return SWGSpec(conv["in_shape"], conv["kernel"], conv["stride"], conv["pads"],
                                    conv.get("dilation", [1, 1]), pad_value=conv["pad_value"],
-                                   elem=self.in_type, simd=self.in_elems, )
+                                   elem=self.in_type, simd=beat)
+                try:
+                    self.swg = swg(simd)
+                except ValueError:
+                    # SIMD neither divides C nor tiles the window into whole pixels: the
+                    # generator emits gcd(SIMD, C) elements per beat and a converter packs
+                    # them (slower than the MVU unless its N/PE folds hide it).
+                    self.swg = swg(math.gcd(simd, c))
+                self.in_elems = self.swg.word_elems
                 self.mid_elems = simd
                 self.pixels = conv["out_shape"][0] * conv["out_shape"][1]
                 # The MVU reads its first fold at one beat per cycle; the window generator
@@ -247,7 +256,8 @@ class EngineSpec:
             })
         if self.swg is not None:
             d["swg"] = {"line_buffer_rows": self.swg.rows, "buffer_words": self.swg.buffer_words,
-                        "elems_per_word": self.swg.simd}
+                        "elems_per_word": self.swg.word_elems, "read_ports": self.swg.lanes,
+                        "elems_per_beat": self.swg.simd}
         if self.requant is not None:
             d["requant"] = {"kind": self.requant.kind, "search": self.requant.search}
         return d
@@ -312,8 +322,8 @@ class Engine(wiring.Component):
             m.submodules.swg = swg = s.swg.create()
             wiring.connect(m, src, swg.i)
             src = swg.o
-            if s.mid_elems != s.in_elems:
-                m.submodules.widen = wc = WidthConverter(s.in_type, s.in_elems, s.mid_elems)
+            if s.mid_elems != s.swg.simd:
+                m.submodules.widen = wc = WidthConverter(s.in_type, s.swg.simd, s.mid_elems)
                 wiring.connect(m, src, wc.i)
                 src = wc.o
         if s.mvu is not None:

@@ -17,6 +17,11 @@ CASES = [
     dict(in_shape=(2, 2, 3), kernel=3, stride=1, pads=1, simd=3),
     dict(in_shape=(3, 3, 2), kernel=3, stride=1, pads=0, simd=1),
     dict(in_shape=(4, 9, 2), kernel=1, stride=1, pads=0, simd=2),
+    # beats of several whole pixels (simd a multiple of C): one read port per pixel
+    dict(in_shape=(5, 5, 1), kernel=3, stride=1, pads=1, simd=3),
+    dict(in_shape=(5, 5, 1), kernel=3, stride=1, pads=1, simd=9),
+    dict(in_shape=(5, 4, 2), kernel=3, stride=2, pads=(1, 0, 1, 1), simd=6),
+    dict(in_shape=(6, 6, 2), kernel=2, stride=1, pads=0, simd=4),
 ]
 
 
@@ -29,7 +34,7 @@ def golden_windows(spec, x):
 def simulate(spec, x, gap, stall, seed=0):
     s, t = spec.simd, spec.elem
     dut = spec.create()
-    src = Source(dut.i, [pack(v, t.bits) for v in x.reshape(-1, s)], gap=gap)
+    src = Source(dut.i, [pack(v, t.bits) for v in x.reshape(-1, spec.word_elems)], gap=gap)
     snk = Sink(dut.o, x.shape[0] * spec.out_beats, stall=stall)
     run(dut, [src], [snk], seed=seed, settle=16)
     got = np.array([unpack(b, s, t.bits, t.signed) for b in snk.beats]).reshape(x.shape[0], -1)
@@ -47,6 +52,17 @@ def test_windows_match_golden(case, gap, stall):
     assert np.array_equal(spec.compute(x).reshape(3, -1), want)
     got, _ = simulate(spec, x, gap, stall, seed=int(gap * 100))
     np.testing.assert_array_equal(got, want)
+
+
+def test_pixel_lanes_keep_one_beat_per_cycle():
+    """simd = 9 on one channel: a whole 3x3 window per beat, one beat per output pixel."""
+    spec = SWGSpec((6, 6, 1), 3, 1, 1, elem=IntType(5, False), simd=9)
+    assert spec.lanes == 9 and spec.word_elems == 1 and spec.window_beats == 1
+    x = np.random.default_rng(2).integers(0, 32, size=(4, 6, 6, 1))
+    got, times = simulate(spec, x, 0.0, 0.0)
+    np.testing.assert_array_equal(got, golden_windows(spec, x))
+    ends = times[spec.out_beats - 1::spec.out_beats]
+    assert max(np.diff(ends)) <= spec.in_beats + 2  # input-bound: 36 pixels in, 36 windows out
 
 
 def test_extreme_codes_and_pad_value():
@@ -71,6 +87,7 @@ def test_steady_state_one_beat_per_cycle():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(in_shape=(4, 4), kernel=3), "in_shape"),
     (dict(in_shape=(4, 4, 3), kernel=3, simd=2), "simd"),
+    (dict(in_shape=(4, 4, 2), kernel=3, simd=4), "simd"),   # 2 pixels do not tile a 9-pixel window
     (dict(in_shape=(4, 4, 2), kernel=0), "kernel"),
     (dict(in_shape=(4, 4, 2), kernel=3, stride=0), "stride"),
     (dict(in_shape=(4, 4, 2), kernel=3, pads=3), "pads"),
