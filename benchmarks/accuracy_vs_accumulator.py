@@ -149,7 +149,14 @@ def main(argv=None):
     json_path = out / "accuracy_vs_accumulator.json"
     rows, datasets = [], {}
     t0 = time.perf_counter()
+    from dataclasses import asdict
+
+    from accumulus.quant.train import TrainOptions
+
+    train_options = {k: v for k, v in asdict(TrainOptions()).items()
+                     if k in ("batch_size", "lr", "schedule", "test_fraction")}
     meta = {"benchmark": "accuracy_vs_accumulator", "models": models, "epochs": args.epochs,
+            "train_options": {**train_options, "optimizer": "Adam"},
             "seeds": args.seeds, "acc_bits": args.acc_bits, "quants": quants, "threads": args.threads,
             "versions": {"torch": torch.__version__, "brevitas": brevitas.__version__,
                          "python": platform.python_version(), "numpy": np.__version__},

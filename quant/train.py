@@ -154,7 +154,7 @@ def _fit(model, cfg, ds: Dataset, opts: TrainOptions, out_dir: Path | None, star
             if opts.schedule == "cosine":
                 # Annealing removes most of the last epochs' seed-to-seed noise, which at
                 # 1000 test images is as large as the float-vs-quantized gaps being measured.
-                # A function of the step, so a resumed run continues the same curve.
+                # A function of the step: a run resumed with the same --epochs continues the same curve.
                 for group in optimizer.param_groups:
                     group["lr"] = opts.lr * 0.5 * (1 + math.cos(math.pi * (epoch * steps + s) / total))
             out = model(xb)
