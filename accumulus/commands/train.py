@@ -75,17 +75,15 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     dataset = None
-    if args.preset:
-        cfg = preset(args.preset, **chosen)
-    else:
+    if not args.preset:
         chosen.setdefault("model", "mlp")
         chosen.setdefault("dataset", "digits")
-        if chosen["dataset"] not in DATASETS:
-            dataset = load_dataset(chosen["dataset"], seed=opts.seed, limit=opts.limit)
-            cfg = make_config(dataset_shape=dataset.image_shape, num_classes=dataset.num_classes,
-                              dataset_iq=dataset.input_quant, **chosen)
-        else:
-            cfg = make_config(**chosen)
+    if chosen.get("dataset", "digits") not in DATASETS:
+        # A user's file: its shape, classes and input quantizer come from the data.
+        dataset = load_dataset(chosen["dataset"], seed=opts.seed, limit=opts.limit)
+        chosen.update(dataset_shape=dataset.image_shape, num_classes=dataset.num_classes,
+                      dataset_iq=dataset.input_quant)
+    cfg = preset(args.preset, **chosen) if args.preset else make_config(**chosen)
     out = Path(args.out)
     model, result = train(cfg, out, opts, dataset=dataset)
     line = f"test accuracy {result['test_accuracy']:.4f}"
