@@ -139,8 +139,9 @@ def main(argv=None):
     models = [m for m in args.models.split(",") if m]
     quants = [q for q in args.quants.split(",") if q]
     jobs = []
-    for m in models:
-        for seed in args.seeds:
+    # Seed outermost: a run stopped early still has every model and P for the seeds it finished.
+    for seed in args.seeds:
+        for m in models:
             for q in quants:
                 for p in (args.acc_bits if q in ("a2q", "a2q+") else [None]):
                     jobs.append((m, q, p, seed))
