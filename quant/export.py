@@ -251,7 +251,8 @@ def patch_and_annotate(model: onnx.ModelProto, layers: list[LayerExport], cfg: M
         q = _weight_quant_node(g, node, producers, inits)
         if q is None:
             weight = node.input[1]
-            le = by_module.get(_module_of(weight))
+            # Float layers: torch stores the weight pre-transposed under a generated name.
+            le = by_module.get(_module_of(weight)) or by_module.get(_module_of_node(node.name))
             if le is None or le.quant != "float":
                 raise RuntimeError(f"node '{node.name}': weight '{weight}' has no Quant node but the layer is quantized")
             meta_layers[node.name] = {"order": len(meta_layers), "weight": weight, "weight_bits": None,

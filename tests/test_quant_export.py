@@ -172,3 +172,12 @@ def test_digits_mlp_trains_and_model_onnx_proves_12_bits(tmp_path, capsys):
     constrained = {k: v for k, v in report.items() if v["acc_bits"] is not None}
     assert len(constrained) == 2
     assert all(v["acc_bits"] == 12 and v["exact_bits"] <= 12 for v in constrained.values())
+
+
+def test_float_model_exports_with_float_metadata(tmp_path, digits):
+    cfg = preset("digits-mlp", quant="float")
+    model, res = train(cfg, None, TrainOptions(epochs=1, limit=100, progress=False, float_baseline=False))
+    path = export_model(model, cfg, tmp_path, torch.from_numpy(digits.x_test[:4]), res["test_accuracy"])
+    meta = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}[METADATA_KEY])
+    assert [v["quant"] for v in meta["layers"].values()] == ["float"] * 3
+    assert verify_onnx(path) == {}
