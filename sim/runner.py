@@ -226,6 +226,7 @@ def run(design: Design, inputs: np.ndarray, expected: np.ndarray, simulator: str
         "stimulus": str(stim), "results": str(results_path),
         "seed": int(seed), "backpressure": float(backpressure), "max_pause": int(max_pause),
         "measure_frames": int(measure_frames),
+        "cycles_per_frame_estimate": float(design.cycles_per_frame_estimate or 0),
         # a stall is declared when nothing moves for far longer than a frame should take
         "stall_cycles": int(20 * est + 5000),
     }

@@ -155,7 +155,8 @@ async def cosim(dut):
 
     # watch the idle output for duplicates / extra frames
     monitor.set_pause(NoPause())
-    drain = int(cfg.get("drain_cycles", 0)) or int(2 * (latency or 0) + 200)
+    # long enough for a duplicated frame to come out: two latencies and two frame times
+    drain = int(cfg.get("drain_cycles", 0)) or int(2 * (latency or 0) + 2 * cfg.get("cycles_per_frame_estimate", 0) + 200)
     if not stalled:
         await timing.edges(drain)
     watchdog.cancel()
