@@ -10,6 +10,7 @@ estimates (ours and the plan's).
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -35,10 +36,20 @@ def _ports(component) -> list[dict]:
     return out
 
 
+# Yosys' Verilog backend starts each ``always @*`` block at time 0 through a dummy
+# ``reg \$auto...dump_module$N = 0;`` the block reads. Icarus under -g2012 (SystemVerilog
+# rules) initialises declared variables without an event, so the blocks whose inputs never
+# change from their initial values stay X (seen: a case on a counter still at 0). An
+# ``initial`` assignment does make the event, in -g2005 and -g2012 alike, and Yosys reads
+# it as the same init value.
+_AUTO_TRIGGER = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+ ) = 0;$", re.M)
+
+
 def _convert(component, name: str) -> str:
     from amaranth.back import verilog
 
-    return verilog.convert(component, name=name, emit_src=False)
+    text = verilog.convert(component, name=name, emit_src=False)
+    return _AUTO_TRIGGER.sub(r"\1reg \2;\n\1initial \2 = 1'h0;", text)
 
 
 def build(plan: Plan, out_dir, acc_policy: str = "exact", layers: bool = True, progress=None) -> dict:
