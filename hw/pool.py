@@ -10,7 +10,7 @@ emits the window *sum* at full width (pad value: the zero-point code) and leaves
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Array, Module, Mux, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -127,11 +127,13 @@ class Pool(wiring.Component):
         words = s.swg.channel_words
         taps = s.taps
         layout = self.o.payload.shape()
-        acc = Array(Signal(layout, name=f"acc{k}") for k in range(words))
+        # One running value per channel word, kept as a ring: the word being merged is
+        # always acc[0] (a shift instead of a C/simd-way multiplexer).
+        acc = [Signal(layout, name=f"acc{k}") for k in range(words)]
         tap = Signal(range(taps))
         cw = Signal(range(words))
         last = tap == taps - 1
-        cur = acc[cw]
+        cur = acc[0]
         merged = Signal(layout)
         for e in range(s.simd):
             a, x = cur[e], win.payload[e]
@@ -145,8 +147,8 @@ class Pool(wiring.Component):
             win.ready.eq(~last | self.o.ready),
         ]
         with m.If(win.valid & win.ready):
-            with m.If(~last):
-                m.d.sync += cur.eq(merged)
+            m.d.sync += [a.eq(b) for a, b in zip(acc, acc[1:])]
+            m.d.sync += acc[-1].eq(merged)
             with m.If(cw == words - 1):
                 m.d.sync += [cw.eq(0), tap.eq(Mux(last, 0, tap + 1))]
             with m.Else():
