@@ -45,15 +45,12 @@ __all__ = ["EngineSpec", "Engine", "BlackBoxEngine", "Graph", "GraphSpec", "Acce
 
 
 def check_policy(acc_policy: str) -> str:
-    """Validate ``exact | datatype | fixed:K | exact-minus:D``; ValueError naming it."""
-    if not isinstance(acc_policy, str):
-        raise TypeError(f"acc_policy must be a string, got {acc_policy!r}")
-    if acc_policy in ("exact", "datatype"):
-        return acc_policy
-    head, _, arg = acc_policy.partition(":")
-    if head in ("fixed", "exact-minus") and arg.isdigit() and (int(arg) >= 1 or head == "exact-minus"):
-        return acc_policy
-    raise ValueError(f"acc_policy must be exact, datatype, fixed:K or exact-minus:D (K, D integers), got {acc_policy!r}")
+    """Validate ``exact | datatype | fixed:K | exact-minus:D`` (hw/mvu.py's parser, the one
+    definition); TypeError/ValueError naming ``acc_policy``."""
+    from .mvu import parse_acc_policy
+
+    parse_acc_policy(acc_policy)
+    return acc_policy
 
 
 POLICIES = ("exact", "datatype", "fixed:K", "exact-minus:D")
