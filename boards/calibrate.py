@@ -35,8 +35,11 @@ from .synth import SynthJob, run_many, yosys_version
 __all__ = ["Config", "DEFAULT_CONFIGS", "features", "fit", "calibrate", "coefficients_path"]
 
 LUT_TERMS = ("lut_per_mac_bit", "lut_per_adder_bit", "lut_per_acc_bit", "lut_per_threshold_bit",
-             "lut_per_buffer_bit", "lut_per_layer")
-FF_TERMS = ("ff_per_acc_bit", "ff_per_lane_bit", "ff_per_buffer_bit", "ff_per_layer")
+             "lut_per_buffer_bit", "lut_per_rom_bit", "lut_per_layer")
+FF_TERMS = ("ff_per_acc_bit", "ff_per_lane_bit", "ff_per_buffer_bit", "ff_per_rom_bit", "ff_per_layer")
+# Where Yosys stops using block RAM for a PE's weight ROM (measured on iCE40's 4 kbit EBRs:
+# 512-bit ROMs and 32-deep ROMs became LUTs, 2 kbit ROMs of depth >= 128 stayed in EBR).
+ROM_LIMITS = {"rom_logic_max_bits": 1023, "rom_min_depth": 64}
 
 
 @dataclass(frozen=True)
@@ -95,17 +98,18 @@ def order_needs_buffer(order, pe: int) -> bool:
 
 
 def layer_terms(w_bits, x_bits, channels, fan_in, pe, simd, pe_acc_bits, threshold_bits, out_bits,
-                reorder: bool = True) -> dict:
+                reorder: bool = True, limits: dict = ROM_LIMITS) -> dict:
     """The cost model's features of one MAC layer (what each coefficient multiplies)."""
     lanes = pe * simd
+    rom = channels * fan_in * w_bits * cost_model.weight_rom_in_logic(w_bits, channels, fan_in, pe, simd, limits)
     product = w_bits + x_bits
     adder_bits = product + math.ceil(math.log2(simd)) if simd > 1 else 0
     return {
         "lut_per_mac_bit": lanes * w_bits * x_bits, "lut_per_adder_bit": lanes * adder_bits,
         "lut_per_acc_bit": float(sum(pe_acc_bits)), "lut_per_threshold_bit": pe * threshold_bits,
-        "lut_per_buffer_bit": channels * out_bits * reorder, "lut_per_layer": 1.0,
+        "lut_per_buffer_bit": channels * out_bits * reorder, "lut_per_rom_bit": rom, "lut_per_layer": 1.0,
         "ff_per_acc_bit": float(sum(pe_acc_bits)), "ff_per_lane_bit": lanes * x_bits,
-        "ff_per_buffer_bit": channels * out_bits * reorder, "ff_per_layer": 1.0,
+        "ff_per_buffer_bit": channels * out_bits * reorder, "ff_per_rom_bit": rom, "ff_per_layer": 1.0,
     }
 
 
@@ -174,24 +178,7 @@ def calibrate(family: str, out_dir: Path, configs=DEFAULT_CONFIGS, *, dsp: bool 
     for e, r in zip(entries, results):
         e["yosys"] = r.total
         e["seconds"] = round(r.seconds, 1)
-    lut_coeff = fit([e["features"] for e in entries], [e["yosys"]["lut"] for e in entries], LUT_TERMS)
-    ff_coeff = fit([e["features"] for e in entries], [e["yosys"]["ff"] for e in entries], FF_TERMS)
-    old = cost_model.load_coefficients(family)
-    coeff = dict(old)
-    coeff.update(lut_coeff)
-    coeff.update(ff_coeff)
-    if dsp:
-        coeff["dsp_min_product_bits"] = 2
-    for e in entries:
-        c = e["config"]
-        est = cost_model.mac_layer_cost(c["weight_bits"], c["input_bits"], c["channels"], c["fan_in"], c["pe"],
-                                        c["simd"], e["acc_bits"], 15, max(e["threshold_bits"] or [0]), coeff,
-                                        reorder=e["reorder"])
-        e["estimate"] = {"lut": round(est["lut"], 1), "ff": round(est["ff"], 1)}
-        # the features reproduce what cost.py computes; a mismatch means the two drifted apart
-        e["estimate_from_features"] = round(predict(e["features"], coeff, LUT_TERMS), 1)
-        e["lut_error"] = round(est["lut"] / e["yosys"]["lut"] - 1, 4)
-        e["ff_error"] = round(est["ff"] / e["yosys"]["ff"] - 1, 4)
+    coeff, old = fit_entries(entries, family, dsp)
     doc = {
         "family": family, "dsp": dsp, "yosys": yosys_version(), "configs": entries,
         "coefficients": coeff, "previous": old,
@@ -202,6 +189,51 @@ def calibrate(family: str, out_dir: Path, configs=DEFAULT_CONFIGS, *, dsp: bool 
     (out_dir / f"calibration-{family}.json").write_text(json.dumps(doc, indent=1) + "\n")
     if write:
         store(family, coeff, doc)
+    return doc
+
+
+def entry_terms(e: dict) -> dict:
+    c = e["config"]
+    tb = e.get("threshold_bits") or []
+    return layer_terms(c["weight_bits"], c["input_bits"], c["channels"], c["fan_in"], c["pe"], c["simd"],
+                       e["acc_bits"], max(tb) if tb else 0, 4, e["reorder"])
+
+
+def fit_entries(entries: list[dict], family: str, dsp: bool = False) -> tuple[dict, dict]:
+    """Fit the coefficients to measured entries; fills each entry's estimate and errors."""
+    rows = [entry_terms(e) for e in entries]
+    for e, r in zip(entries, rows):
+        e["features"] = r
+    lut_coeff = fit(rows, [e["yosys"]["lut"] for e in entries], LUT_TERMS)
+    ff_coeff = fit(rows, [e["yosys"]["ff"] for e in entries], FF_TERMS)
+    old = cost_model.load_coefficients(family)
+    coeff = dict(old)
+    coeff.update(lut_coeff)
+    coeff.update(ff_coeff)
+    coeff.update(ROM_LIMITS)
+    if dsp:
+        coeff["dsp_min_product_bits"] = 2
+    for e in entries:
+        c = e["config"]
+        est = cost_model.mac_layer_cost(c["weight_bits"], c["input_bits"], c["channels"], c["fan_in"], c["pe"],
+                                        c["simd"], e["acc_bits"], 15, max(e["threshold_bits"] or [0]), coeff,
+                                        reorder=e["reorder"])
+        e["estimate"] = {"lut": round(est["lut"], 1), "ff": round(est["ff"], 1)}
+        e["lut_error"] = round(est["lut"] / e["yosys"]["lut"] - 1, 4)
+        e["ff_error"] = round(est["ff"] / e["yosys"]["ff"] - 1, 4)
+    return coeff, old
+
+
+def refit(calibration_json: Path, write: bool = True) -> dict:
+    """Fit again from a stored calibration (no synthesis), e.g. after the model gained a term."""
+    doc = json.loads(Path(calibration_json).read_text())
+    coeff, _ = fit_entries(doc["configs"], doc["family"], doc["dsp"])
+    doc["coefficients"] = coeff
+    doc["max_abs_lut_error"] = max(abs(e["lut_error"]) for e in doc["configs"])
+    doc["max_abs_ff_error"] = max(abs(e["ff_error"]) for e in doc["configs"])
+    Path(calibration_json).write_text(json.dumps(doc, indent=1) + "\n")
+    if write:
+        store(doc["family"], coeff, doc)
     return doc
 
 
@@ -226,9 +258,14 @@ def main(argv=None) -> int:
     ap.add_argument("--dsp", action="store_true", help="calibrate the hard-multiplier variant")
     ap.add_argument("--jobs", "-j", type=int, default=None)
     ap.add_argument("--no-write", action="store_true", help="do not update compiler/cost_coefficients.json")
+    ap.add_argument("--refit", action="store_true",
+                    help="fit again from OUT/calibration-FAMILY.json without synthesising")
     args = ap.parse_args(argv)
-    doc = calibrate(args.family, Path(args.out), dsp=args.dsp, workers=args.jobs or os.cpu_count(),
-                    write=not args.no_write)
+    if args.refit:
+        doc = refit(Path(args.out) / f"calibration-{args.family}.json", write=not args.no_write)
+    else:
+        doc = calibrate(args.family, Path(args.out), dsp=args.dsp, workers=args.jobs or os.cpu_count(),
+                        write=not args.no_write)
     print(f"{'configuration':<44} {'Yosys LUT':>9} {'est':>7} {'err':>7} {'Yosys FF':>8} {'est':>7} {'err':>7}")
     for e in doc["configs"]:
         print(f"{e['name']:<44} {e['yosys']['lut']:>9} {e['estimate']['lut']:>7.0f} {e['lut_error']:>+7.1%} "

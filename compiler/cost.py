@@ -5,6 +5,7 @@ Per MAC layer with ``PE`` output lanes of ``SIMD`` products each:
         + Σ_PE acc_bits·lut_per_acc_bit + Σ_PE threshold_bits·lut_per_threshold_bit + lut_per_layer
   FF  = Σ_PE acc_bits·ff_per_acc_bit + lanes·x_bits·ff_per_lane_bit + ff_per_layer
   (+ N·out_bits·{lut,ff}_per_buffer_bit: the order-restore buffer, when calibrated)
+  (+ N·K·w_bits·{lut,ff}_per_rom_bit when the weight ROMs are small enough to be LUTs)
   DSP = lanes whose product is at least ``dsp_min_product_bits`` wide (0 = never)
   BRAM bits = weights (N·K·w_bits) + thresholds (N·T·threshold_bits)
 where ``adder_bits`` is the product width plus log2(SIMD) (a width-aware adder tree).
@@ -17,7 +18,7 @@ import json
 import math
 from importlib import resources
 
-__all__ = ["load_coefficients", "mac_layer_cost", "stream_layer_cost", "total", "RESOURCES"]
+__all__ = ["load_coefficients", "mac_layer_cost", "weight_rom_in_logic", "stream_layer_cost", "total", "RESOURCES"]
 
 RESOURCES = ("lut", "ff", "dsp", "bram_bits")
 
@@ -52,8 +53,23 @@ def mac_layer_cost(w_bits: int, x_bits: int, channels: int, fan_in: int, pe: int
         ff += channels * out_bits * coeff.get("ff_per_buffer_bit", 0.0)
     dsp_min = coeff.get("dsp_min_product_bits", 0)
     dsp = lanes if dsp_min and product >= dsp_min else 0
-    bram = channels * fan_in * w_bits + channels * threshold_levels * threshold_bits
+    weight_bits = channels * fan_in * w_bits
+    bram = weight_bits + channels * threshold_levels * threshold_bits
+    # Yosys maps a small or shallow per-PE weight ROM to LUTs instead of block RAM.
+    if weight_rom_in_logic(w_bits, channels, fan_in, pe, simd, coeff):
+        lut += weight_bits * coeff.get("lut_per_rom_bit", 0.0)
+        ff += weight_bits * coeff.get("ff_per_rom_bit", 0.0)
+        bram -= weight_bits
     return {"lut": lut, "ff": ff, "dsp": dsp, "bram_bits": bram}
+
+
+def weight_rom_in_logic(w_bits: int, channels: int, fan_in: int, pe: int, simd: int, coeff: dict) -> bool:
+    """True when each PE's weight ROM (``fan_in*channels/(pe*simd)`` words of ``simd*w_bits``)
+    is below ``rom_logic_max_bits`` or shallower than ``rom_min_depth`` (calibrated per family;
+    absent keys: always block RAM)."""
+    depth = (fan_in // max(1, simd)) * (channels // max(1, pe))
+    bits = depth * simd * w_bits
+    return bits <= coeff.get("rom_logic_max_bits", -1) or depth < coeff.get("rom_min_depth", 0)
 
 
 def stream_layer_cost(elem_bits: int, coeff: dict) -> dict:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from accumulus.boards.boards import BOARD_IDS, board_ids, load_board
-from accumulus.boards.calibrate import FF_TERMS, LUT_TERMS, fit, layer_terms, predict
+from accumulus.boards.calibrate import FF_TERMS, LUT_TERMS, ROM_LIMITS, fit, layer_terms, predict
 from accumulus.boards.report import check_policy, policy_dir, policy_widths, threshold_storage_bits
 from accumulus.boards.split import classify_name, split_netlist
 from accumulus.boards.synth import SynthJob, module_instances, resources_from_cells, synth_script
@@ -165,7 +165,8 @@ def test_cost_model_features_match_compiler_cost():
     rng = np.random.default_rng(1)
     coeff = {t: float(rng.uniform(0.1, 3)) for t in LUT_TERMS + FF_TERMS}
     coeff["dsp_min_product_bits"] = 0
-    for pe, simd, levels in ((1, 1, 15), (2, 8, 15), (4, 4, 0)):
+    coeff.update(ROM_LIMITS)
+    for pe, simd, levels in ((1, 1, 15), (2, 8, 15), (4, 4, 0), (2, 32, 15), (8, 1, 15)):
         acc = [12] * pe
         tb = 13 if levels else 0
         out_bits = 4 if levels else 12
@@ -178,7 +179,7 @@ def test_cost_model_features_match_compiler_cost():
 def test_fit_recovers_nonnegative_coefficients():
     rng = np.random.default_rng(0)
     true = {"lut_per_mac_bit": 2.5, "lut_per_adder_bit": 1.1, "lut_per_acc_bit": 0.0, "lut_per_threshold_bit": 3.0,
-            "lut_per_buffer_bit": 0.7, "lut_per_layer": 40.0}
+            "lut_per_buffer_bit": 0.7, "lut_per_rom_bit": 0.0, "lut_per_layer": 40.0}
     rows = [layer_terms(4, int(x), int(n), 64, int(pe), int(s), [int(a)] * int(pe), int(a) + 1, 4)
             for x, n, pe, s, a in zip(rng.integers(2, 9, 14), rng.choice([16, 32, 64], 14), rng.choice([1, 2, 4], 14),
                                       rng.choice([1, 2, 4, 8], 14), rng.integers(8, 33, 14))]
