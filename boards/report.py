@@ -97,8 +97,8 @@ def estimate_layers(plan: Plan, policy: str, family: str, coeff: dict | None = N
             IntTypeBits(layer["weight_type"]), IntTypeBits(layer["input_type"]), int(layer["channels"]),
             int(layer["fan_in"]), int(fold["pe"]), int(fold["simd"]), acc, levels, max(tb) if tb else 0, coeff,
             reorder=order_needs_buffer(fold["channel_order"], int(fold["pe"])))
-        est["threshold_storage_bits"] = threshold_storage_bits(plan, layer, tb) if tb else 0
         out[layer["name"]] = {k: float(v) for k, v in est.items()}
+        out[layer["name"]]["threshold_storage_bits"] = threshold_storage_bits(plan, layer, tb) if tb else 0
     return out
 
 
@@ -336,6 +336,12 @@ def rerender(rep_dir: Path) -> dict:
     """Recompute savings, targets, plots and report.md from an existing report.json."""
     rep_dir = Path(rep_dir)
     doc = json.loads((rep_dir / "report.json").read_text())
+    plan = Plan.load(doc["plan"]["dir"])
+    for pol in doc["policies"]:
+        bj = rep_dir / policy_dir(pol) / "rtl" / "build.json"
+        built = {l["layer"]: l for l in json.loads(bj.read_text())["layers"]} if bj.exists() else None
+        doc["policy"][pol]["estimate"] = estimate_layers(plan, pol, doc["board"]["family"], built=built)
+    _coefficient_note(doc)
     doc["savings"] = savings(doc)
     doc["targets"] = targets(doc)
     doc["estimator"] = _estimator_error(doc)
@@ -345,7 +351,15 @@ def rerender(rep_dir: Path) -> dict:
     return doc
 
 
+def _coefficient_note(doc: dict) -> None:
+    from accumulus.boards.calibrate import coefficients_path
+
+    data = json.loads(coefficients_path().read_text())
+    doc["estimator_calibration"] = data.get("calibration", {}).get(doc["board"]["family"])
+
+
 def _finish(doc, rep_dir: Path, plan: Plan, board: Board, t0: float, say) -> dict:
+    _coefficient_note(doc)
     doc["savings"] = savings(doc)
     doc["targets"] = targets(doc)
     doc["estimator"] = _estimator_error(doc)
@@ -538,18 +552,26 @@ def render_markdown(doc: dict) -> str:
             lines.append("")
             lines.append("| layer | part | LUT | FF | carry | DSP | threshold storage bits |")
             lines.append("|---|---|---|---|---|---|---|")
-            for layer, cats in s["layers"].items():
+            order = [l for l in doc["widths"] if l in s["layers"]] + sorted(l for l in s["layers"]
+                                                                          if l not in doc["widths"])
+            for layer in order:
+                cats = s["layers"][layer]
                 for cat in CATEGORIES + ("total",):
                     c = cats[cat]
+                    if cat != "total" and not any(c[k]["base"] or c[k]["other"] for k in ("lut", "ff", "carry", "dsp")):
+                        continue
                     ts = cats["thresholds"].get("storage_bits") if cat == "thresholds" else None
                     cell = lambda k: f"{c[k]['base']} -> {c[k]['other']} ({_fmt_ratio(c[k]['ratio'])})"  # noqa: E731
                     tss = f"{ts['base']} -> {ts['other']} ({_fmt_ratio(ts['ratio'])})" if ts else ""
                     lines.append(f"| {layer} | {cat} | {cell('lut')} | {cell('ff')} | {cell('carry')} | {cell('dsp')} | {tss} |")
             t = s["total"]
+            tsb = sum(c["thresholds"]["storage_bits"]["base"] for c in s["layers"].values())
+            tso = sum(c["thresholds"]["storage_bits"]["other"] for c in s["layers"].values())
             lines.append(f"| **total** | | {t['lut']['base']} -> {t['lut']['other']} ({_fmt_ratio(t['lut']['ratio'])}) | "
                          f"{t['ff']['base']} -> {t['ff']['other']} ({_fmt_ratio(t['ff']['ratio'])}) | "
                          f"{t['carry']['base']} -> {t['carry']['other']} ({_fmt_ratio(t['carry']['ratio'])}) | "
-                         f"{t['dsp']['base']} -> {t['dsp']['other']} ({_fmt_ratio(t['dsp']['ratio'])}) | |")
+                         f"{t['dsp']['base']} -> {t['dsp']['other']} ({_fmt_ratio(t['dsp']['ratio'])}) | "
+                         f"{tsb} -> {tso} ({_fmt_ratio(_ratio(tso, tsb))}) |")
             fm = t.get("fmax_mhz", {})
             if fm.get("base"):
                 lines.append("")
@@ -558,6 +580,9 @@ def render_markdown(doc: dict) -> str:
     # estimator
     if doc.get("estimator"):
         lines.append("## Estimator (compiler/cost.py) against Yosys, LUT-only build")
+        cal = doc.get("estimator_calibration")
+        lines.append(f"Coefficients: {'calibrated by boards/calibrate.py on ' + str(cal['configs']) + ' engines, max LUT error ' + format(cal['max_abs_lut_error'], '.1%') + ' there' if cal else 'not calibrated for this family (hand-set defaults)'}.")
+        lines.append("")
         lines.append("| policy | layer | LUT est | LUT Yosys | error | FF est | FF Yosys | error |")
         lines.append("|---|---|---|---|---|---|---|---|")
         for pol, rows in doc["estimator"].items():
