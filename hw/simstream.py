@@ -11,32 +11,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# one definition of the beat packing (DESIGN.md, "Packing")
+from .stream_util import pack_beat as pack
+from .stream_util import raw_payload
+from .stream_util import unpack_beat as unpack
+
 __all__ = ["pack", "unpack", "Source", "Sink", "run"]
-
-
-def pack(values, bits: int) -> int:
-    """Elements -> one beat, element i in bits [i*bits, (i+1)*bits) (two's complement)."""
-    mask = (1 << bits) - 1
-    word = 0
-    for i, v in enumerate(values):
-        word |= (int(v) & mask) << (i * bits)
-    return word
-
-
-def unpack(word: int, n: int, bits: int, signed: bool) -> list[int]:
-    mask = (1 << bits) - 1
-    out = []
-    for i in range(n):
-        v = (int(word) >> (i * bits)) & mask
-        if signed and v >> (bits - 1):
-            v -= 1 << bits
-        out.append(v)
-    return out
-
-
-def _payload(port):
-    p = port.payload
-    return p.as_value() if hasattr(p, "as_value") else p
 
 
 @dataclass
@@ -50,7 +30,7 @@ class Source:
     times: list = field(default_factory=list)
 
     async def run(self, ctx, rng, clock):
-        payload = _payload(self.port)
+        payload = raw_payload(self.port.payload)
         k = 0
         offering = False
         while k < len(self.beats):
@@ -81,7 +61,7 @@ class Sink:
     times: list = field(default_factory=list)
 
     async def run(self, ctx, rng, clock):
-        payload = _payload(self.port)
+        payload = raw_payload(self.port.payload)
         while len(self.beats) < self.count:
             ready = self.stall <= 0 or rng.random() >= self.stall
             ctx.set(self.port.ready, int(ready))

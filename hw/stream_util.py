@@ -47,7 +47,7 @@ def unpack_beats(beats, elems: int, width: int, signed: bool, per_vector: int) -
     return np.asarray(flat, dtype=np.int64).reshape(-1, per_vector * elems)
 
 
-def _raw(payload):
+def raw_payload(payload):
     """A payload as a plain value (a layout-typed payload is set and read as an integer)."""
     return payload.as_value() if hasattr(payload, "as_value") else payload
 
@@ -58,7 +58,7 @@ async def stream_send(ctx, stream, beats, rng=None, gap: float = 0.0):
         while rng is not None and gap and rng.random() < gap:
             ctx.set(stream.valid, 0)
             await ctx.tick()
-        ctx.set(_raw(stream.payload), beat)
+        ctx.set(raw_payload(stream.payload), beat)
         ctx.set(stream.valid, 1)
         await ctx.tick().until(stream.ready)
     ctx.set(stream.valid, 0)
@@ -71,7 +71,7 @@ async def stream_recv(ctx, stream, count: int, rng=None, stall: float = 0.0, tim
     while len(out) < count:
         ready = not (rng is not None and stall and rng.random() < stall)
         ctx.set(stream.ready, ready)
-        _, _, valid, payload = await ctx.tick().sample(stream.valid, _raw(stream.payload))
+        _, _, valid, payload = await ctx.tick().sample(stream.valid, raw_payload(stream.payload))
         if ready and valid:
             out.append(payload)
             if times is not None:

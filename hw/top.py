@@ -38,6 +38,7 @@ from .add import AddSpec
 from .argmax import ArgMaxSpec
 from .fifo import Fork, StreamFIFO, beat_layout, beat_signature
 from .pool import PoolSpec
+from .stream_util import raw_payload
 from .swg import SWGSpec
 from .width import WidthConverter
 
@@ -54,10 +55,6 @@ def check_policy(acc_policy: str) -> str:
 
 
 POLICIES = ("exact", "datatype", "fixed:K", "exact-minus:D")
-
-
-def _raw(payload):
-    return payload.as_value() if hasattr(payload, "as_value") else payload
 
 
 def _prod(xs):
@@ -349,7 +346,7 @@ class Engine(wiring.Component):
 
 def _join(m, src, dst):
     """Connect two streams whose payloads have the same bits but maybe different shapes."""
-    m.d.comb += [dst.valid.eq(src.valid), src.ready.eq(dst.ready), _raw(dst.payload).eq(_raw(src.payload))]
+    m.d.comb += [dst.valid.eq(src.valid), src.ready.eq(dst.ready), raw_payload(dst.payload).eq(raw_payload(src.payload))]
 
 
 class GraphSpec:
@@ -456,7 +453,7 @@ class BlackBoxEngine(wiring.Component):
         ports = {"i_clk": ClockSignal(), "i_rst": ResetSignal()}
         for path, member, value in self.signature.flatten(self):
             prefix = "i_" if member.flow == In else "o_"
-            ports[prefix + "__".join(str(p) for p in path)] = _raw(value)
+            ports[prefix + "__".join(str(p) for p in path)] = raw_payload(value)
         m.submodules.engine = Instance(self.spec.module_name, **ports)
         return m
 
@@ -569,10 +566,10 @@ class AcceleratorTop(wiring.Component):
         beat = Signal(range(max(2, s.out_beats)))
         last = beat == s.out_beats - 1
         m.d.comb += [
-            _raw(g.i.payload).eq(self.s_axis_tdata[:in_w]),
+            raw_payload(g.i.payload).eq(self.s_axis_tdata[:in_w]),
             g.i.valid.eq(self.s_axis_tvalid),
             self.s_axis_tready.eq(g.i.ready),
-            self.m_axis_tdata.eq(_raw(g.o.payload)[:out_w]),
+            self.m_axis_tdata.eq(raw_payload(g.o.payload)[:out_w]),
             self.m_axis_tvalid.eq(g.o.valid),
             g.o.ready.eq(self.m_axis_tready),
             self.m_axis_tlast.eq(last),
