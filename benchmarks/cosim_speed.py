@@ -67,6 +67,7 @@ def main(argv=None) -> int:
                 "sim_cycles": run["sim_cycles"], "cycles_per_second": round(run["sim_cycles"] / sim_s, 1),
                 "testbench_seconds": round(run["testbench_seconds"], 3),
                 "simulator_build_seconds": run["build_seconds"], "simulator_build_reused": run["build_reused"],
+                "simulator_build_seconds_when_built": run.get("build_seconds_when_built"),
                 "hw_build_seconds": None if hw_seconds is None else round(hw_seconds, 2),
                 "cycles_per_frame": r["cycles_per_frame"], "cycles_per_frame_estimate": r["cycles_per_frame_estimate"],
                 "latency_cycles": r["latency_cycles"],

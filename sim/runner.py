@@ -73,6 +73,7 @@ class BuildResult:
     build_dir: Path
     seconds: float
     reused: bool
+    built_seconds: float | None = None   # how long the reused build took when it was made
 
 
 # -- tools ---------------------------------------------------------------------------------
@@ -152,10 +153,11 @@ def build(design: Design, simulator: str = "icarus", build_root: str | Path = "s
     product = build_dir / ("sim.vvp" if simulator == "icarus" else design.toplevel)
     if stamp.exists() and product.exists():
         try:
-            if json.loads(stamp.read_text()) == key:
-                return BuildResult(simulator, build_dir, 0.0, True)
-        except json.JSONDecodeError:
-            pass
+            previous = json.loads(stamp.read_text())
+            if previous.get("key") == key:
+                return BuildResult(simulator, build_dir, 0.0, True, previous.get("seconds"))
+        except (json.JSONDecodeError, AttributeError):
+            pass   # an unreadable or old stamp: build again
     if build_dir.exists():
         shutil.rmtree(build_dir)
     build_dir.mkdir(parents=True)
@@ -187,8 +189,8 @@ def build(design: Design, simulator: str = "icarus", build_root: str | Path = "s
         else:
             os.environ["MAKEFLAGS"] = saved
     seconds = time.perf_counter() - t0
-    stamp.write_text(json.dumps(key))
-    return BuildResult(simulator, build_dir, seconds, False)
+    stamp.write_text(json.dumps({"key": key, "seconds": round(seconds, 3)}))
+    return BuildResult(simulator, build_dir, seconds, False, seconds)
 
 
 # -- run -----------------------------------------------------------------------------------
@@ -261,7 +263,8 @@ def run(design: Design, inputs: np.ndarray, expected: np.ndarray, simulator: str
             wave_file = str(dest)
     results.update({
         "design": design.name, "simulator": simulator, "simulator_version": simulator_version(simulator),
-        "build_seconds": round(b.seconds, 3), "build_reused": b.reused, "sim_seconds": round(sim_seconds, 3),
+        "build_seconds": round(b.seconds, 3), "build_reused": b.reused,
+        "build_seconds_when_built": b.built_seconds, "sim_seconds": round(sim_seconds, 3),
         "waves": wave_file, "log": str(log), "python": sys.version.split()[0],
     })
     return results
