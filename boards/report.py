@@ -314,6 +314,18 @@ def targets(doc: dict, against: str = "fixed:32") -> list[dict]:
         b, o = _sum_layers(s, "reduction", "ff")
         out.append({"what": f"reduction-datapath FFs ({var} build)", "base": b, "other": o,
                     "ratio": _ratio(o, b), "target": 1.5})
+        # the layers trained for a target P (A2Q/A2Q+): where the narrow accumulators come from
+        trained = {l: s["layers"][l] for l in doc["widths"] if l in s["layers"] and doc["widths"][l]["target"] is not None}
+        if trained and len(trained) < len([l for l in s["layers"] if l in doc["widths"]]):
+            sub = {"layers": trained}
+            b, o = _sum_layers(sub, "reduction", "ff")
+            out.append({"what": f"reduction-datapath FFs, layers with target P ({', '.join(trained)}; {var})",
+                        "base": b, "other": o, "ratio": _ratio(o, b), "target": 1.5})
+            if var == "dsp" and doc["board"]["family"] == "ecp5":
+                b = sum(c["total"]["lut"]["base"] for c in trained.values())
+                o = sum(c["total"]["lut"]["other"] for c in trained.values())
+                out.append({"what": f"LUTs, layers with target P ({', '.join(trained)}; ECP5, DSPs)",
+                            "base": b, "other": o, "ratio": _ratio(o, b), "target": 1.5})
         tb = sum(c["thresholds"]["storage_bits"]["base"] for c in s["layers"].values())
         to = sum(c["thresholds"]["storage_bits"]["other"] for c in s["layers"].values())
         if var == doc["variants"][0] and (tb or to):
