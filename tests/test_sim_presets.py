@@ -18,10 +18,11 @@ from conftest import require_module, require_tool
 
 PRESETS = ("digits-mlp", "mnist-tfc", "digits-rescnn")
 FRAMES = 100
-# Known gap: Icarus evaluates digits-rescnn's ~230 MAC lanes at about 800 cycles/s on a
-# shared 2-core machine (~115k cycles for 100 frames: 136 s measured at load 6), at or over
-# the two-minute goal that every other run meets; Verilator runs the same frames in ~6 s.
-TIME_BUDGET_S = {("digits-rescnn", "icarus"): 600}
+# Icarus evaluates digits-rescnn's ~230 MAC lanes at 900-1400 cycles/s on a shared 2-core
+# machine (~115k cycles for 100 frames): 84 s measured when the machine was quiet, 136 s at
+# load 6. The two-minute goal holds only on a quiet machine, so this one run gets slack;
+# Verilator runs the same frames in ~4-6 s.
+TIME_BUDGET_S = {("digits-rescnn", "icarus"): 300}
 
 
 def _plan(name, tmp):
