@@ -37,9 +37,15 @@ __all__ = ["Config", "DEFAULT_CONFIGS", "features", "fit", "calibrate", "coeffic
 LUT_TERMS = ("lut_per_mac_bit", "lut_per_adder_bit", "lut_per_acc_bit", "lut_per_threshold_bit",
              "lut_per_buffer_bit", "lut_per_rom_bit", "lut_per_layer")
 FF_TERMS = ("ff_per_acc_bit", "ff_per_lane_bit", "ff_per_buffer_bit", "ff_per_rom_bit", "ff_per_layer")
-# Where Yosys stops using block RAM for a PE's weight ROM (measured on iCE40's 4 kbit EBRs:
-# 512-bit ROMs and 32-deep ROMs became LUTs, 2 kbit ROMs of depth >= 128 stayed in EBR).
-ROM_LIMITS = {"rom_logic_max_bits": 1023, "rom_min_depth": 64}
+# Where Yosys stops using block RAM for a PE's weight ROM, measured per family: on iCE40's
+# 4 kbit EBRs 512-bit and 32-deep ROMs became LUTs while 2 kbit ROMs of depth >= 128 stayed
+# in EBR; on ECP5's 18 kbit DP16KD, 2 kbit ROMs became LUTs too and 4 kbit ones used EBR.
+ROM_LIMITS_BY_FAMILY = {
+    "ice40": {"rom_logic_max_bits": 1023, "rom_min_depth": 64},
+    "ecp5": {"rom_logic_max_bits": 2048, "rom_min_depth": 64},
+    "xc7": {"rom_logic_max_bits": 2048, "rom_min_depth": 64},   # not calibrated yet
+}
+ROM_LIMITS = ROM_LIMITS_BY_FAMILY["ice40"]
 
 
 @dataclass(frozen=True)
@@ -192,16 +198,16 @@ def calibrate(family: str, out_dir: Path, configs=DEFAULT_CONFIGS, *, dsp: bool 
     return doc
 
 
-def entry_terms(e: dict) -> dict:
+def entry_terms(e: dict, family: str = "ice40") -> dict:
     c = e["config"]
     tb = e.get("threshold_bits") or []
     return layer_terms(c["weight_bits"], c["input_bits"], c["channels"], c["fan_in"], c["pe"], c["simd"],
-                       e["acc_bits"], max(tb) if tb else 0, 4, e["reorder"])
+                       e["acc_bits"], max(tb) if tb else 0, 4, e["reorder"], ROM_LIMITS_BY_FAMILY[family])
 
 
 def fit_entries(entries: list[dict], family: str, dsp: bool = False) -> tuple[dict, dict]:
     """Fit the coefficients to measured entries; fills each entry's estimate and errors."""
-    rows = [entry_terms(e) for e in entries]
+    rows = [entry_terms(e, family) for e in entries]
     for e, r in zip(entries, rows):
         e["features"] = r
     lut_coeff = fit(rows, [e["yosys"]["lut"] for e in entries], LUT_TERMS)
@@ -210,7 +216,7 @@ def fit_entries(entries: list[dict], family: str, dsp: bool = False) -> tuple[di
     coeff = dict(old)
     coeff.update(lut_coeff)
     coeff.update(ff_coeff)
-    coeff.update(ROM_LIMITS)
+    coeff.update(ROM_LIMITS_BY_FAMILY[family])
     if dsp:
         coeff["dsp_min_product_bits"] = 2
     for e in entries:
