@@ -130,7 +130,8 @@ def _ratio(a, b):
 
 def run_report(project: Path, board: Board, policies=DEFAULT_POLICIES, *, estimate_only: bool = False,
                pnr: bool = True, variants: list[str] | None = None, workers: int | None = None,
-               out: Path | None = None, plan_note: str | None = None, progress: bool = True) -> dict:
+               out: Path | None = None, plan_note: str | None = None, progress: bool = True,
+               layer_jobs: bool = False) -> dict:
     """Build, synthesise, place and route ``project``'s plan under each policy; write the report."""
     project = Path(project)
     out = Path(out or project)
@@ -192,11 +193,25 @@ def run_report(project: Path, board: Board, policies=DEFAULT_POLICIES, *, estima
                                  board.family, rep_dir / policy_dir(pol) / f"synth-{board.family}-{var}",
                                  dsp=(var == "dsp"), flatten=True, netlist=True))
             keys.append((pol, var))
+            if layer_jobs:
+                # each layer engine alone (rtl/layers/*.v), hierarchy kept: stat per submodule
+                for l in builds[pol]["layers"]:
+                    jobs.append(SynthJob(f"{pol}/{var}/{l['layer']}", [rtl / l["file"]], l["module"], board.family,
+                                         rep_dir / policy_dir(pol) / f"synth-{board.family}-{var}-layers" / l["module"],
+                                         dsp=(var == "dsp"), flatten=False))
+                    keys.append((pol, var, l["layer"]))
     say(f"{len(jobs)} synthesis jobs on {workers} worker(s)")
     pnr_futures = {}
     pool = ThreadPoolExecutor(max_workers=max(1, workers))
     results = run_many(jobs, workers=workers, progress=progress, desc="yosys")
-    for (pol, var), job, res in zip(keys, jobs, results):
+    for key, job, res in zip(keys, jobs, results):
+        if len(key) == 3:
+            pol, var, layer = key
+            eng = doc["policy"][pol].setdefault("engines", {}).setdefault(var, {})
+            eng[layer] = ({"ok": True, "total": res.total, "modules": res.modules, "instances": res.instances,
+                           "seconds": round(res.seconds, 1)} if res.ok else {"ok": False, "error": res.error})
+            continue
+        pol, var = key
         entry = doc["policy"][pol].setdefault("synth", {})
         if not res.ok:
             entry[var] = {"ok": False, "error": res.error}

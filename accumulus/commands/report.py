@@ -24,6 +24,8 @@ def add_arguments(p):
     p.add_argument("--variants", default=None,
                    help="synthesis variants, comma-separated: lut (multipliers in LUTs), dsp (hard multipliers); "
                         "default: lut on iCE40, lut,dsp elsewhere")
+    p.add_argument("--layer-jobs", action="store_true",
+                   help="also synthesise each layer engine (rtl/layers/*.v) alone, hierarchy kept (stat per submodule)")
     p.add_argument("--jobs", "-j", type=int, default=None, help="parallel synthesis jobs (default: CPU count)")
     p.add_argument("--synthetic-preset", default=None, metavar="NAME",
                    help="when DIR has no plan.json, write the synthetic stand-in of a preset "
@@ -60,7 +62,8 @@ def run(args) -> int:
     if variants and any(v not in ("lut", "dsp") for v in variants):
         raise UserError(f"--variants {args.variants}: each variant is 'lut' or 'dsp'")
     doc = run_report(project, board, policies, estimate_only=args.estimate_only, pnr=not args.no_pnr,
-                     variants=variants, workers=args.jobs, out=Path(args.out) if args.out else None, plan_note=note)
+                     variants=variants, workers=args.jobs, out=Path(args.out) if args.out else None, plan_note=note,
+                     layer_jobs=args.layer_jobs)
     rep = Path(args.out or project) / "reports"
     for pol in doc["policies"]:
         p = doc["policy"][pol]
