@@ -141,7 +141,9 @@ def group_channels(exact: np.ndarray, pe: int) -> np.ndarray:
 
     PE ``p`` serves channels ``order[p::pe]`` (one per fold step). Sorting channels by
     width and giving each PE a contiguous run of the sorted list minimises the sum of
-    per-PE built widths (each PE is as wide as its widest channel).
+    per-PE built widths (each PE is as wide as its widest channel). When that saves no
+    width (one PE, or widths already grouped), the natural order is kept: a permuted
+    order costs the engine an output reorder buffer.
     """
     exact = np.asarray(exact)
     n = exact.size
@@ -153,6 +155,9 @@ def group_channels(exact: np.ndarray, pe: int) -> np.ndarray:
     for p in range(pe):
         run = ranked[p * fold:(p + 1) * fold]
         order[p + pe * np.arange(fold)] = run             # PE p gets one contiguous run
+    natural = np.arange(n, dtype=np.int64)
+    if pe_widths(exact, pe, order).sum() >= pe_widths(exact, pe, natural).sum():
+        return natural
     return order
 
 

@@ -105,3 +105,18 @@ def test_a2q_plus_needs_zero_sum():
     w = np.ones((1, 16), dtype=np.int64)
     assert 16 <= a2q_plus_l1_budget(12, in_type)
     assert exact_bits(w, in_type)[0] == 13
+
+
+def test_group_channels_keeps_natural_order_unless_it_saves_width():
+    from accumulus.compiler.accumulators import group_channels, pe_widths
+
+    exact = np.array([12, 9, 12, 9, 12, 9, 12, 9])
+    # one PE serves every channel: no permutation can narrow it
+    assert group_channels(exact, 1).tolist() == list(range(8))
+    # already grouped (PE 0 gets the wide channels in natural order): nothing to gain
+    assert group_channels(np.array([12, 9] * 4), 2).tolist() == list(range(8))
+    # wide channels spread over both PEs: grouping them on one PE narrows the other
+    spread = np.array([12, 12, 9, 9, 9, 9, 12, 12])
+    order = group_channels(spread, 2)
+    assert sorted(order.tolist()) == list(range(8))
+    assert pe_widths(spread, 2, order).sum() < pe_widths(spread, 2).sum()

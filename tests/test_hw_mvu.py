@@ -43,7 +43,7 @@ def golden_layer(plan, layer, x):
 
 # (widths, pe per layer, simd per layer, layer index, search)
 CASES = [
-    ((16, 8, 6), [2, 2], [4, 2], 0, "auto"),        # permuted order: output buffer; parallel thresholds
+    ((16, 8, 6), [2, 2], [4, 2], 0, "auto"),        # parallel thresholds
     ((16, 8, 6), [2, 2], [4, 2], 1, "auto"),        # accumulators out
     ((16, 8, 6), [1, 1], [1, 1], 0, "binary"),      # fully folded
     ((16, 8, 6), [8, 3], [16, 1], 0, "auto"),       # fully parallel: one beat in, one beat out
@@ -69,6 +69,24 @@ def test_mvu_matches_golden_under_backpressure(widths, pe, simd, index, search):
         n = spec.channels
         assert np.array_equal(np.diag(got[-2 * n:-n]), hi)
         assert np.array_equal(np.diag(got[-n:]), lo)
+
+
+def test_mvu_restores_natural_order_from_a_permuted_channel_order():
+    """A channel order that is not one block per fold goes through the output buffer."""
+    from accumulus.compiler.accumulators import pe_widths
+
+    plan = mlp_plan((16, 8, 6), pe=[2, 2], simd=[4, 2], seed=10)
+    layer = plan.layers[0]
+    order = np.array([5, 2, 7, 0, 3, 6, 1, 4])
+    exact = np.asarray(layer["acc"]["bits"]["exact"])
+    layer["folding"]["channel_order"] = order.tolist()
+    layer["folding"]["pe_acc_bits"] = pe_widths(exact, 2, order).tolist()
+    spec = MVUSpec(plan, layer)
+    rng = np.random.default_rng(6)
+    x = test_vectors(spec, rng)
+    want = golden_layer(plan, layer, x)
+    got, _ = run_mvu(spec, x, rng, gap=0.3, stall=0.4)
+    assert np.array_equal(got, want)
 
 
 def test_built_widths_equal_plan_exact_widths():
