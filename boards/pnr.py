@@ -122,6 +122,24 @@ def parse_nextpnr_report(path: Path) -> dict:
     return {"fmax": fmax, "utilization": util}
 
 
+def extract(plan, root: Path) -> Path:
+    """Write an amaranth BuildPlan's files under ``root``.
+
+    ``BuildPlan.extract`` changes the process's working directory while it writes, which
+    breaks every other thread using relative paths (the report runs place and route in
+    parallel threads); this writes the same files without touching the working directory.
+    """
+    root = Path(root).resolve()
+    for name, content in plan.files.items():
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise ValueError(f"build plan file '{name}' would land outside {root}")
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return root
+
+
 def place_and_route(board: Board, rtl_dir: Path, out_dir: Path, params: dict, *, dsp: bool = False,
                     timeout: float | None = None) -> dict:
     """Synthesise, place and route the harness + top; Fmax, utilisation, fits, bitstream path.
@@ -137,7 +155,7 @@ def place_and_route(board: Board, rtl_dir: Path, out_dir: Path, params: dict, *,
         shutil.rmtree(out_dir)
     files = rtl_files(rtl_dir)
     plan = harness_build_plan(board, files, params, dsp=dsp)
-    build_dir = plan.extract(out_dir)
+    build_dir = extract(plan, out_dir)
     t0 = time.monotonic()
     with open(build_dir / "build.log", "w") as log:
         proc = subprocess.run(["sh", f"{plan.script}.sh"], cwd=build_dir, env=yowasp_env(board),
@@ -180,7 +198,7 @@ def vivado_plan(board: Board, rtl_dir: Path, out_dir: Path, params: dict) -> dic
         platform.add_file(fname, text)
     top, _ = _harness_top(board, files, params)
     plan = platform.build(top, name="accumulus_board", do_build=False)
-    out = plan.extract(Path(out_dir))
+    out = extract(plan, Path(out_dir))
     tcl = sorted(p.name for p in out.glob("*.tcl"))
     xdc = sorted(p.name for p in out.glob("*.xdc"))
     return {"board": board.id, "dir": str(out), "tcl": tcl, "xdc": xdc,
