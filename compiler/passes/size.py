@@ -51,7 +51,7 @@ def size(ig: IntGraph, metadata: dict | None) -> IntGraph:
                 f"layer '{layer.onnx_nodes[0]}' channel {c}: exact accumulator width {int(lw.exact[c])} bits "
                 f"exceeds the trained target P={target} (integer-weight L1 norm {int(lw.l1[c])}, A2Q+ budget "
                 f"{a2q_plus_l1_budget(target, p['input_type']):.1f}; {len(bad)} channel(s) over): the exported "
-                "weights break the training guarantee; re-export the quantized weights (TOOLCHAIN.md) or raise P")
+                "weights break the training guarantee; re-export with 'accumulus export' (it writes the quantized integers) or raise P")
         acc = {"bits": {"datatype": int(lw.datatype), "a2q": lw.a2q.tolist(), "a2q_plus": lw.a2q_plus.tolist(),
                         "exact": lw.exact.tolist(), "target": target},
                "range": np.stack([lw.lo, lw.hi], axis=1).tolist(), "l1": lw.l1.tolist()}
