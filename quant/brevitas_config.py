@@ -137,6 +137,19 @@ def project_l1_ball(w: np.ndarray, radius: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
+def forward_once(model: nn.Module, sample: torch.Tensor, hooks: list) -> None:
+    """One eval-mode forward pass that fires ``hooks`` (handles), then removes them and
+    restores the model's training mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        model(sample)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+
 def apply_ep_init(model: nn.Module, sample: torch.Tensor) -> int:
     """Euclidean-projection init of every A2Q/A2Q+ layer; returns how many were projected.
 
@@ -164,14 +177,7 @@ def apply_ep_init(model: nn.Module, sample: torch.Tensor) -> int:
             return output
 
         hooks.append(pre.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        model(sample)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    forward_once(model, sample, hooks)
     for name, mod in model.named_modules():
         if name not in records:
             continue

@@ -43,6 +43,7 @@ from accumulus.compiler.accumulators import layer_widths
 from accumulus.compiler.types import IntType
 from accumulus.errors import UserError
 
+from .brevitas_config import forward_once
 from .models import ModelConfig, quant_layers
 
 __all__ = ["LayerExport", "export_model", "quant_weights", "read_layers", "verify_onnx", "METADATA_KEY"]
@@ -84,14 +85,7 @@ def quant_weights(model: nn.Module, cfg: ModelConfig, sample: torch.Tensor) -> l
     captured: dict[str, object] = {}
     hooks = [m.register_forward_pre_hook(lambda mod, args, name=n: captured.__setitem__(name, args[0]))
              for n, m in layers]
-    was_training = model.training
-    model.eval()
-    try:
-        model(sample)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    forward_once(model, sample, hooks)
     out = []
     for i, (name, mod) in enumerate(layers):
         mode = _layer_quant_mode(cfg, i, mod)
@@ -232,18 +226,22 @@ def _module_of(initializer_name: str) -> str:
     return initializer_name[: -len(".weight")] if initializer_name.endswith(".weight") else initializer_name
 
 
-def patch_and_annotate(model: onnx.ModelProto, layers: list[LayerExport], cfg: ModelConfig,
-                       test_accuracy: float | None) -> onnx.ModelProto:
-    g = model.graph
+def _normalise_graph(g, layers: list[LayerExport]):
+    """Weights out of the graph inputs, I/O named ``input``/``logits``; lookup tables."""
     _strip_weight_inputs(g)
-    _fold_relu_into_unsigned_quant(g)
     if len(g.input) == 1:
         _rename_io(g, g.input[0].name, "input")
     if len(g.output) == 1:
         _rename_io(g, g.output[0].name, "logits")
     inits = {i.name: i for i in g.initializer}
-    producers = _producers(g)
-    by_module = {le.module: le for le in layers}
+    return inits, _producers(g), {le.module: le for le in layers}
+
+
+def patch_and_annotate(model: onnx.ModelProto, layers: list[LayerExport], cfg: ModelConfig,
+                       test_accuracy: float | None) -> onnx.ModelProto:
+    g = model.graph
+    _fold_relu_into_unsigned_quant(g)
+    inits, producers, by_module = _normalise_graph(g, layers)
     meta_layers = {}
     for node in g.node:
         if node.op_type not in _WEIGHT_OPS:
@@ -371,14 +369,7 @@ def _module_of_node(node_name: str) -> str:
 def _patch_qcdq(model: onnx.ModelProto, layers: list[LayerExport], cfg: ModelConfig, test_accuracy) -> onnx.ModelProto:
     """QCDQ weights are ``int8 initializer -> Clip -> DequantizeLinear``: write quant_weight()'s integers."""
     g = model.graph
-    _strip_weight_inputs(g)
-    if len(g.input) == 1:
-        _rename_io(g, g.input[0].name, "input")
-    if len(g.output) == 1:
-        _rename_io(g, g.output[0].name, "logits")
-    inits = {i.name: i for i in g.initializer}
-    producers = _producers(g)
-    by_module = {le.module: le for le in layers}
+    inits, producers, by_module = _normalise_graph(g, layers)
     meta_layers = {}
     for node in g.node:
         if node.op_type not in _WEIGHT_OPS:
