@@ -80,6 +80,12 @@ class _Lowering:
         self.trailing: list = []
         self.output_override = None
         self.names: set[str] = set()
+        self.consumers: dict[str, list[Node]] = {}
+        for n in g.nodes:
+            for i in n.inputs:
+                if i:
+                    self.consumers.setdefault(i, []).append(n)
+        self.code_clips: set[str] = set()    # Clip nodes folded into a QuantizeLinear's type
 
     # -- helpers ----------------------------------------------------------------------------
     def err(self, node: Node, msg: str):
@@ -323,6 +329,12 @@ class _Lowering:
 
     def op_clip(self, node):
         x = self.env[node.inputs[0]]
+        if node.name in self.code_clips:
+            return x        # folded into the QuantizeLinear's output type (QCDQ)
+        if isinstance(x, Val) and not x.chain and node.inputs[0] in self.onnx_dtypes \
+                and np.issubdtype(np.dtype(self.onnx_dtypes[node.inputs[0]]), np.integer):
+            self.err(node, "clips integer codes to a range that is not a whole integer type (uintN, intN or "
+                           "narrow intN); re-export with a standard bit width")
         if not isinstance(x, Val):
             self.err(node, "Clip before the input quantizer is not supported")
         lo, hi = node.attr("min"), node.attr("max")
@@ -471,6 +483,8 @@ class _Lowering:
             od = node.attr("output_dtype", 0)
             zp = np.zeros((), helper.tensor_dtype_to_np_dtype(od) if od else np.uint8)
         t = _dtype_type(node, zp.dtype, self)
+        if not isinstance(x, (Const, QConst)):
+            t = self._code_clip(node, t)
         s, zpf = self._qdq_broadcast(node, x, s, zp.astype(np.float64))
         if isinstance(x, (Const, QConst)):
             v = np.asarray(x.value, dtype=np.float32)
@@ -486,6 +500,42 @@ class _Lowering:
         out = self.requant(node, x, q)
         self.onnx_dtypes[node.outputs[0]] = str(zp.dtype)
         return out
+
+    def _code_clip(self, node, t: IntType) -> IntType:
+        """QCDQ (Brevitas ``export_onnx_qcdq``): ``QuantizeLinear -> Clip -> DequantizeLinear``
+        quantizes to a narrower integer than the 8-bit storage type. When the QuantizeLinear's
+        only consumer is a Clip to the range of an integer type inside ``t``, that type is
+        the output type and the Clip is folded away (clipping a saturated code again to a
+        sub-range equals saturating to the sub-range once)."""
+        out = node.outputs[0]
+        users = self.consumers.get(out, [])
+        if len(users) != 1 or users[0].op != Op.CLIP or out in self.g.outputs:
+            return t
+        clip = users[0]
+        lo, hi = clip.attr("min"), clip.attr("max")
+        try:
+            if len(clip.inputs) > 1 and clip.inputs[1]:
+                lo = np.asarray(self.const_of(clip, clip.inputs[1], "min")).reshape(-1)
+                lo = float(lo[0]) if lo.size == 1 else None
+            if len(clip.inputs) > 2 and clip.inputs[2]:
+                hi = np.asarray(self.const_of(clip, clip.inputs[2], "max")).reshape(-1)
+                hi = float(hi[0]) if hi.size == 1 else None
+        except UserError:
+            return t
+        lo = t.min if lo is None else max(t.min, lo)
+        hi = t.max if hi is None else min(t.max, hi)
+        if lo != round(lo) or hi != round(hi):
+            return t
+        for bits in range(1, t.bits + 1):
+            for signed in (False, True):
+                for narrow in (False, True):
+                    if narrow and bits == 1:
+                        continue
+                    c = IntType(bits, signed, narrow)
+                    if (c.min, c.max) == (lo, hi):
+                        self.code_clips.add(clip.name)
+                        return c
+        return t
 
     def _qdq_broadcast(self, node, x, s, zp):
         """Per-axis / blocked scale and zero point -> arrays broadcastable to the tensor."""
@@ -670,13 +720,7 @@ class _Lowering:
         sw, zw = scale[:, 0], zp[:, 0]
         if np.any(zw != np.round(zw)):
             self.err(node, "weight zero point must be an integer")
-        src_shape = self.tensors[x.src].shape
-        if len(src_shape) != 3:
-            self.err(node, "convolution input is not an image")
-        H, W, C = src_shape
-        canon = np.arange(H * W * C).reshape(H, W, C).transpose(2, 0, 1)
-        if x.idx.shape != canon.shape or not np.array_equal(x.idx, canon):
-            self.err(node, "convolution input is not in NCHW layout of an image tensor")
+        H, W, C = self._image(node, x, "convolution")
         in_shape = (1, C, H, W)
         kernel, strides, pads, dil, groups = conv_geometry(node, in_shape, codes.shape)
         oh = (H + pads[0] + pads[2] - ((kernel[0] - 1) * dil[0] + 1)) // strides[0] + 1
@@ -822,16 +866,17 @@ class _Lowering:
         return out
 
     # pooling --------------------------------------------------------------------------------
-    def _image(self, node, x):
+    def _image(self, node, x, what="pooling"):
+        """(H, W, C) of an image tensor that reaches ``node`` in NCHW layout."""
         if not isinstance(x, Val):
-            self.err(node, "pooling needs a quantized input")
+            self.err(node, f"{what} needs a quantized input")
         shp = self.tensors[x.src].shape
         if len(shp) != 3:
-            self.err(node, "pooling input is not an image")
+            self.err(node, f"{what} input is not an image")
         H, W, C = shp
         canon = np.arange(H * W * C).reshape(H, W, C).transpose(2, 0, 1)
         if x.idx.shape != canon.shape or not np.array_equal(x.idx, canon):
-            self.err(node, "pooling input is not in NCHW layout of an image tensor")
+            self.err(node, f"{what} input is not in NCHW layout of an image tensor")
         return H, W, C
 
     def op_maxpool(self, node):
