@@ -337,6 +337,10 @@ def export_model(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, sample
 
     if fmt not in ("qonnx", "qcdq"):
         raise UserError(f"unknown export format '{fmt}': choose qonnx or qcdq")
+    if fmt == "qcdq" and cfg.quant != "float" and min(cfg.act_bits, cfg.highway_bits or cfg.act_bits) < 2:
+        # Brevitas' QCDQ export asserts on 1-bit quantizers (QuantizeLinear has no 1-bit form)
+        raise UserError(f"QCDQ cannot hold the model's 1-bit activations (act_bits {cfg.act_bits}); "
+                        "export QONNX instead (--format qonnx)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
@@ -351,6 +355,7 @@ def export_model(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, sample
             export_onnx_qcdq(model, args=sample[:1], export_path=str(raw), dynamo=False, opset_version=13)
         proto = onnx.load(str(raw))
     if fmt == "qonnx":
+        _unsigned_bipolar_to_quant(proto.graph, model)
         proto = patch_and_annotate(proto, layers, cfg, test_accuracy)
         onnx.save(proto, str(path))
         verify_onnx(path, layers)
@@ -358,6 +363,48 @@ def export_model(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, sample
         proto = _patch_qcdq(proto, layers, cfg, test_accuracy)
         onnx.save(proto, str(path))
     return path
+
+
+def _unsigned_bipolar_to_quant(graph, model: nn.Module) -> int:
+    """Replace each ``BipolarQuant`` exported for an *unsigned* 1-bit quantizer by the
+    equivalent ``Quant(bits=1, signed=0)``; returns how many.
+
+    Brevitas' QONNX export writes every 1-bit activation quantizer as ``BipolarQuant``
+    (values {-s, +s}), also an unsigned 1-bit ``QuantReLU`` whose values are {0, s}: after
+    the ReLU every value became +s and the graph no longer computed the model.
+    """
+    inits = {i.name for i in graph.initializer}
+    count = 0
+    for k, node in enumerate(graph.node):
+        if node.op_type != "BipolarQuant":
+            continue
+        # /acts.0/act_quant/export_handler/BipolarQuant -> the quantizer module acts.0.act_quant
+        parts = [p for p in node.name.split("/") if p][:-1]
+        quant = None
+        while parts and quant is None:
+            try:
+                mod = model.get_submodule(".".join(parts))
+            except AttributeError:
+                mod = None
+            quant = mod if mod is not None and hasattr(mod, "is_signed") else None
+            parts = parts[:-1]
+        if quant is None or quant.is_signed:
+            continue
+        names = []
+        for base, value in (("zero_point", 0.0), ("bit_width", 1.0)):
+            name = f"{node.name}/{base}"
+            while name in inits:
+                name += "_"
+            graph.initializer.append(numpy_helper.from_array(np.float32(value), name))
+            inits.add(name)
+            names.append(name)
+        new = onnx.helper.make_node("Quant", [node.input[0], node.input[1]] + names, list(node.output),
+                                    name=node.name[: -len("BipolarQuant")] + "Quant", domain=node.domain,
+                                    signed=0, narrow=0, rounding_mode="ROUND")
+        graph.node.remove(node)
+        graph.node.insert(k, new)
+        count += 1
+    return count
 
 
 def _module_of_node(node_name: str) -> str:
