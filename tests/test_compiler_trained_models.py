@@ -393,3 +393,44 @@ def test_bipolar_mlp(tmp_path, digits):
     assert a.accuracy > 0.5
     w = [plan.array(l["weight"]) for l in plan.layers if l["kind"] == "matvec"]
     assert all(set(np.unique(v).tolist()) <= {-1, 1} for v in w)
+
+
+# ---------------------------------------------------------------------------------------------
+# the QCDQ Clip on its own (hand-built)
+
+
+def _qcdq_graph(clip_hi):
+    from onnx import TensorProto, numpy_helper
+
+    inits = [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.uint8(0), "z"),
+             numpy_helper.from_array(np.uint8(0), "lo"), numpy_helper.from_array(np.uint8(clip_hi), "hi"),
+             numpy_helper.from_array(np.arange(-12, 12, dtype=np.int8).reshape(6, 4), "w"),
+             numpy_helper.from_array(np.float32(0.05), "ws"), numpy_helper.from_array(np.int8(0), "wz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q"),
+             helper.make_node("Clip", ["q", "lo", "hi"], ["c"], name="clip"),
+             helper.make_node("DequantizeLinear", ["c", "s", "z"], ["d"], name="dq"),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wf"], name="wdq"),
+             helper.make_node("MatMul", ["d", "wf"], ["y"], name="fc")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+def test_qcdq_clip_narrows_the_code_type(tmp_path):
+    from accumulus.compiler.types import IntType
+    from accumulus.errors import UserError
+
+    m = _qcdq_graph(15)
+    cg.save(m, tmp_path / "q.onnx")
+    plan = compile_model(tmp_path / "q.onnx")
+    assert plan.tensor_type(plan.doc["input"]["tensor"]) == IntType(4, False)
+    x = np.random.default_rng(0).uniform(-0.5, 2.5, (500, 6)).astype(np.float32)    # codes beyond 15 clip
+    ctx = cg.ort_run(m, x)
+    y, _ = predict(plan, x)
+    np.testing.assert_allclose(y, ctx["y"], rtol=1e-5, atol=1e-5)
+    # a clip range that is no integer type is refused by name
+    cg.save(_qcdq_graph(10), tmp_path / "bad.onnx")
+    with pytest.raises(UserError, match="Clip 'clip'.*not a whole integer type"):
+        compile_model(tmp_path / "bad.onnx")
