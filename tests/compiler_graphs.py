@@ -149,7 +149,7 @@ def to_stream(a, plan_shape=None):
     return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
 
 
-def compare_codes(model, plan, env, ctx, tie_tol=1e-3):
+def compare_codes(model, plan, env, ctx, tie_tol=1e-4):
     """Compare every requantized tensor of the plan with the reference's quantizer output.
 
     Returns (stats, report): stats maps layer -> (elements, mismatches); report lists, per
