@@ -3,7 +3,9 @@
 Steps: read the file (external data only from inside the model's folder), check it,
 bind extra graph inputs to constants, treat initializers listed as inputs (old IR) as
 constants, propagate shapes, fold constant subgraphs (Shape/Gather/Concat/... chains,
-arithmetic on constants), and reject every unsupported node at once with a hint.
+arithmetic on constants; a Clip of integer weight codes read by DequantizeLinear is kept
+for lower, which types the weight by its range), and reject every unsupported node at
+once with a hint.
 """
 from __future__ import annotations
 
@@ -152,6 +154,17 @@ def _fold_standard(node, values: list, opset: int):
     return [np.asarray(r) for r in res]
 
 
+def _typed_weight_clip(n, consts: dict, readers: dict, outputs: set) -> bool:
+    """True for a Clip of an integer constant read only by DequantizeLinear: QCDQ weights
+    (``int8 initializer -> Clip(-7, 7) -> DequantizeLinear``). Folding it here would keep
+    only the int8 storage type; lower takes the clip range as the weight's type instead."""
+    if n.op_type != "Clip" or not n.input or n.input[0] not in consts or n.output[0] in outputs:
+        return False
+    users = readers.get(n.output[0], [])
+    return (np.issubdtype(np.asarray(consts[n.input[0]]).dtype, np.integer) and bool(users)
+            and all(domain_family(u.domain) == "" and u.op_type == "DequantizeLinear" for u in users))
+
+
 def load(path, binds: dict[str, np.ndarray] | None = None) -> Graph:
     """Read, check and simplify an ONNX model; raise one UserError listing every problem."""
     import onnx
@@ -203,6 +216,11 @@ def load(path, binds: dict[str, np.ndarray] | None = None) -> Graph:
         raise UserError(f"{path}: data input '{inp.name}' has symbolic dimensions {dims}; export with a fixed shape")
     shapes[inp.name] = tuple(dims)
 
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in g.output}
     nodes: list[Node] = []
     bad: list[str] = []
     cascade: list[str] = []     # nodes downstream of a rejected one: listed only if nothing else is
@@ -212,7 +230,8 @@ def load(path, binds: dict[str, np.ndarray] | None = None) -> Graph:
         op = OP_BY_ONNX.get((fam, n.op_type)) if fam is not None else None
         ins = list(n.input)
         all_const = all((not i) or i in consts for i in ins)
-        if fam == "" and (n.op_type in FOLD_ONLY_OPS or (op in FOLDABLE_OPS)) and all_const:
+        if fam == "" and (n.op_type in FOLD_ONLY_OPS or (op in FOLDABLE_OPS)) and all_const \
+                and not _typed_weight_clip(n, consts, readers, graph_outputs):
             try:
                 vals = _fold_standard(n, [consts.get(i) for i in ins if True], std_opset)
             except Exception as exc:

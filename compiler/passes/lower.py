@@ -32,7 +32,7 @@ from ..types import IntType, signed_bits
 from .quantizers import (Affine, Clip, Quantizer, Relu, chain_append, chain_direction, derive_thresholds, frac,
                          is_linear, linear_of)
 
-__all__ = ["lower", "MAX_THRESHOLD_LEVELS"]
+__all__ = ["lower", "clip_type", "MAX_THRESHOLD_LEVELS"]
 
 MAX_THRESHOLD_LEVELS = 4096
 MAX_THRESHOLD_LEVELS_PREFERRED = 255     # wider outputs use multiplier/shift when the chain is affine
@@ -331,6 +331,8 @@ class _Lowering:
         x = self.env[node.inputs[0]]
         if node.name in self.code_clips:
             return x        # folded into the QuantizeLinear's output type (QCDQ)
+        if isinstance(x, Const):
+            return self._const_clip(node, x)
         if isinstance(x, Val) and not x.chain and node.inputs[0] in self.onnx_dtypes \
                 and np.issubdtype(np.dtype(self.onnx_dtypes[node.inputs[0]]), np.integer):
             self.err(node, "clips integer codes to a range that is not a whole integer type (uintN, intN or "
@@ -501,6 +503,20 @@ class _Lowering:
         self.onnx_dtypes[node.outputs[0]] = str(zp.dtype)
         return out
 
+    def _clip_bounds(self, clip: Node):
+        """(lo, hi) of a Clip: numpy scalars, None where a bound is absent. A bound that is not
+        one constant raises :class:`UserError` naming the Clip."""
+        lo, hi = clip.attr("min"), clip.attr("max")
+        if len(clip.inputs) > 1 and clip.inputs[1]:
+            lo = np.asarray(self.const_of(clip, clip.inputs[1], "min"))
+        if len(clip.inputs) > 2 and clip.inputs[2]:
+            hi = np.asarray(self.const_of(clip, clip.inputs[2], "max"))
+        for b in (lo, hi):
+            if b is not None and np.size(b) != 1:
+                self.err(clip, f"bound of shape {np.shape(b)} must be a scalar")
+        return (None if lo is None else np.asarray(lo).reshape(-1)[0],
+                None if hi is None else np.asarray(hi).reshape(-1)[0])
+
     def _code_clip(self, node, t: IntType) -> IntType:
         """QCDQ (Brevitas ``export_onnx_qcdq``): ``QuantizeLinear -> Clip -> DequantizeLinear``
         quantizes to a narrower integer than the 8-bit storage type. When the QuantizeLinear's
@@ -512,30 +528,36 @@ class _Lowering:
         if len(users) != 1 or users[0].op != Op.CLIP or out in self.g.outputs:
             return t
         clip = users[0]
-        lo, hi = clip.attr("min"), clip.attr("max")
         try:
-            if len(clip.inputs) > 1 and clip.inputs[1]:
-                lo = np.asarray(self.const_of(clip, clip.inputs[1], "min")).reshape(-1)
-                lo = float(lo[0]) if lo.size == 1 else None
-            if len(clip.inputs) > 2 and clip.inputs[2]:
-                hi = np.asarray(self.const_of(clip, clip.inputs[2], "max")).reshape(-1)
-                hi = float(hi[0]) if hi.size == 1 else None
+            lo, hi = self._clip_bounds(clip)
         except UserError:
             return t
-        lo = t.min if lo is None else max(t.min, lo)
-        hi = t.max if hi is None else min(t.max, hi)
-        if lo != round(lo) or hi != round(hi):
+        c = clip_type(lo, hi, t)
+        if c is None:
             return t
-        for bits in range(1, t.bits + 1):
-            for signed in (False, True):
-                for narrow in (False, True):
-                    if narrow and bits == 1:
-                        continue
-                    c = IntType(bits, signed, narrow)
-                    if (c.min, c.max) == (lo, hi):
-                        self.code_clips.add(clip.name)
-                        return c
-        return t
+        self.code_clips.add(clip.name)
+        return c
+
+    def _const_clip(self, node, x: Const):
+        """A Clip of constant integer codes: QCDQ weights are ``int8 initializer -> Clip(-7, 7)
+        -> DequantizeLinear`` (the front end leaves that Clip for here). The clipped codes are
+        typed by the clip range when it is a whole integer type (int4 narrow, not the int8
+        storage type), so that weight ROMs and the data-type accumulator bound use the
+        trained bit width; otherwise they keep the storage type."""
+        c = np.asarray(x.value)
+        lo, hi = self._clip_bounds(node)
+        clipped = c
+        if lo is not None:
+            clipped = np.maximum(clipped, np.asarray(lo, dtype=c.dtype))
+        if hi is not None:
+            clipped = np.minimum(clipped, np.asarray(hi, dtype=c.dtype))
+        clipped = np.asarray(clipped, dtype=c.dtype)
+        if not np.issubdtype(c.dtype, np.integer):
+            return Const(clipped)
+        t = clip_type(lo, hi, _dtype_type(node, c.dtype, self))
+        if t is None:
+            return Const(clipped)
+        return QConst(clipped.astype(np.int64), np.ones((), np.float32), np.zeros(()), t, clipped)
 
     def _qdq_broadcast(self, node, x, s, zp):
         """Per-axis / blocked scale and zero point -> arrays broadcastable to the tensor."""
@@ -1330,6 +1352,26 @@ def _chain_val(chain, c, acc):
 
 def _t1(a):
     return a
+
+
+def clip_type(lo, hi, within: IntType) -> IntType | None:
+    """The integer type whose range is exactly a Clip's ``[lo, hi]`` (None = unbounded)
+    intersected with ``within`` (the stored type): Clip(-7, 7) on int8 -> int4 narrow,
+    Clip(-8, 7) -> int4, Clip(0, 15) on uint8 -> uint4. None when that range is no whole
+    integer type (e.g. [0, 10])."""
+    lo = within.min if lo is None else max(within.min, float(lo))
+    hi = within.max if hi is None else min(within.max, float(hi))
+    if lo != round(lo) or hi != round(hi):
+        return None
+    for bits in range(1, within.bits + 1):
+        for signed in (False, True):
+            for narrow in (False, True):
+                if narrow and bits == 1:
+                    continue
+                c = IntType(bits, signed, narrow)
+                if (c.min, c.max) == (lo, hi):
+                    return c
+    return None
 
 
 def _dtype_type(node, dt, low) -> IntType:
