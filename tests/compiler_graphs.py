@@ -201,6 +201,21 @@ def compare_codes(model, plan, env, ctx, tie_tol=1e-4):
     return stats, lines, all_ties
 
 
+def assert_codes_agree(model, plan, env, ctx, y, ref, min_tensors=1, min_match=0.999, tie_tol=1e-4):
+    """Golden codes equal the reference's on >= ``min_match`` of every requantized tensor,
+    each difference is a float tie in the reference, and top-1 agrees on >= ``min_match``."""
+    stats, lines, all_ties = compare_codes(model, plan, env, ctx, tie_tol)
+    for line in lines:
+        print(line)
+    assert len(stats) >= min_tensors, f"only {len(stats)} requantized tensor(s) compared"
+    for name, (n, bad) in stats.items():
+        assert (n - bad) / n >= min_match, f"{name}: {bad} of {n} codes differ"
+    assert all_ties, "a difference that is not a float tie in the reference:\n" + "\n".join(lines)
+    top = (y.argmax(axis=1) == ref.argmax(axis=1)).mean()
+    assert top >= min_match, f"top-1 agreement {top}"
+    return stats
+
+
 def cnn(seed=0, residual=False, gap=False, act_bits=4, w_bits=4, pow2=False, bn=True, pool_pad=False):
     """digits-cnn shaped QONNX graph: conv3x3/16, conv3x3/16 (+ residual), maxpool2, conv3x3/32,
     maxpool2 (or global average pool), fc -> 10. Conv + BatchNorm + Relu + Quant blocks."""
