@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "sim"
-HELP = "co-simulate DIR/rtl (cocotb: Icarus or Verilator) against the golden model, bit-exact"
+HELP = "Co-simulate DIR/rtl (cocotb: Icarus or Verilator) against the golden model, bit-exact"
 EXAMPLES = """
   accumulus sim build/digits                          # 100 test images on Icarus, back-pressure 0.3
   accumulus sim build/digits --simulator verilator --frames 500 --seed 3
