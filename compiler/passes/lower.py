@@ -803,14 +803,19 @@ class _Lowering:
         self.onnx_dtypes[node.outputs[0]] = "int32"
         return out
 
-    def _int_input(self, node, x, zp_name):
-        """An integer activation input with an optional zero point -> Val of (code - zp)."""
+    def _integer_val(self, node, x):
+        """``x`` as integer codes: a raw integer graph input is taken as codes (scale 1)."""
         if isinstance(x, Raw):
             dt = self.g_input_dtype
             x = self.input_quant(node, x, np.float32(1), np.float32(0), _dtype_type(node, dt, self), "ROUND",
                                  qlinear=True)
         if not isinstance(x, Val) or x.chain:
             self.err(node, "input must be an integer tensor")
+        return x
+
+    def _int_input(self, node, x, zp_name):
+        """An integer activation input with an optional zero point -> Val of (code - zp)."""
+        x = self._integer_val(node, x)
         zp = np.asarray(self.const_of(node, zp_name, "zero point")).astype(np.float64) if zp_name else 0.0
         return self._affine(node, x, None, -zp)
 
@@ -857,12 +862,7 @@ class _Lowering:
 
     def _qlinear_input(self, node, a, a_s, a_zp):
         x = self.env[a]
-        if isinstance(x, Raw):
-            dt = self.g_input_dtype
-            x = self.input_quant(node, x, np.float32(1), np.float32(0), _dtype_type(node, dt, self), "ROUND",
-                                 qlinear=True)
-        if not isinstance(x, Val) or x.chain:
-            self.err(node, "input must be an integer tensor")
+        x = self._integer_val(node, x)
         s = np.asarray(self.const_of(node, a_s, "scale"), dtype=np.float32)
         zp = np.asarray(self.const_of(node, a_zp, "zero point")).astype(np.float64) if a_zp else np.zeros(())
         return self._affine(node, x, s, -(zp * s))
