@@ -83,6 +83,9 @@ def quantize_input(plan: Plan, x: np.ndarray) -> np.ndarray:
     # scalar, or (per-axis / blocked QuantizeLinear) an array in the ONNX layout without batch
     scale = np.asarray(spec["scale"], dtype=np.float32)
     zp = np.asarray(spec["zero_point"], dtype=np.float32)
+    for op in spec.get("pre") or ():   # the graph's float ops before its quantizer, in float32 order
+        v = np.float32(op["value"])
+        x = (x * v if op["op"] == "Mul" else x / v if op["op"] == "Div" else x + v).astype(np.float32)
     if spec.get("qlinear"):
         # ONNX QuantizeLinear rounds before adding the zero point (differs on ties when zp is odd)
         q = round_float(x / scale, "ROUND") + zp

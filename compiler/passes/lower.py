@@ -59,6 +59,7 @@ class QConst:
 class Raw:
     idx: np.ndarray            # onnx shape without batch -> flat index into the plan input
     chain: tuple = ()
+    pre: tuple = ()            # float32 ops on the raw input, in graph order: ("Mul"|"Add"|"Div", value)
 
 
 @dataclass(frozen=True)
@@ -244,11 +245,7 @@ class _Lowering:
     def _affine(self, node, x, mul, add):
         """x * mul + add with constants mul/add (None = 1/0)."""
         if isinstance(x, Raw):
-            m = 1.0 if mul is None else np.asarray(mul, dtype=np.float64)
-            a = 0.0 if add is None else np.asarray(add, dtype=np.float64)
-            if np.size(m) != 1 or np.size(a) != 1:
-                self.err(node, "only scalar arithmetic is supported before the input quantizer")
-            return Raw(x.idx, chain_append(x.chain, Affine((frac(np.ravel(m)[0]),), (frac(np.ravel(a)[0]),))))
+            return self._raw_op(node, x, mul, add)
         if not isinstance(x, Val):
             self.err(node, "unsupported operand")
         C = self.channels(x.src)
@@ -256,6 +253,20 @@ class _Lowering:
         a = one if mul is None else self.per_channel(node, x, mul, "multiplier")
         b = zero if add is None else self.per_channel(node, x, add, "addend")
         return Val(x.src, x.idx, chain_append(x.chain, Affine(a, b)))
+
+    def _raw_op(self, node, x: Raw, mul, add, div=None):
+        """Float arithmetic on the graph input before its quantizer: recorded op by op and
+        replayed in float32 by the golden model's input step (``input.pre``), so that the
+        input codes equal the reference executor's bit for bit."""
+        pre = list(x.pre)
+        for op, v in (("Mul", mul), ("Div", div), ("Add", add)):
+            if v is None:
+                continue
+            v = np.asarray(v, dtype=np.float32)
+            if v.size != 1:
+                self.err(node, "only scalar arithmetic is supported before the input quantizer")
+            pre.append((op, float(np.ravel(v)[0])))
+        return Raw(x.idx, x.chain, tuple(pre))
 
     def _binary(self, node):
         a, b = (self.env[i] for i in node.inputs[:2])
@@ -295,7 +306,7 @@ class _Lowering:
             self.err(node, "divides by zero")
         x = a
         if isinstance(x, Raw):
-            return self._affine(node, x, 1.0 / d, None)
+            return self._raw_op(node, x, None, None, div=d)
         C = self.channels(x.src)
         dv = self.per_channel(node, x, d, "divisor")
         return Val(x.src, x.idx, chain_append(x.chain, Affine(tuple(1 / v for v in dv), (Fraction(0),) * C)))
@@ -1237,16 +1248,6 @@ class _Lowering:
             self.err(node, "the graph input is quantized twice")
         s = np.asarray(s, dtype=np.float32)
         z = np.asarray(z, dtype=np.float32)
-        if x.chain:
-            if s.size != 1 or z.size != 1:
-                self.err(node, "arithmetic before a per-channel input quantizer is not supported")
-            e = x.chain[0]
-            a, b = float(e.a[0]), float(e.b[0])
-            s0 = float(s)
-            s = np.float32(s0 / a)
-            z = np.float32(float(z) + b / s0)
-            self.notes.append(f"{node.name}: float arithmetic before the input quantizer folded into its scale "
-                              "and zero point (not bit-exact where the graph's float ops round)")
         name = "input"
         self.names.add(name)
         shape = self.plan_input_shape
@@ -1271,6 +1272,8 @@ class _Lowering:
         }
         if qlinear:
             self.input_spec["qlinear"] = True
+        if x.pre:
+            self.input_spec["pre"] = [{"op": op, "value": v} for op, v in x.pre]
         if onnx_dtype:
             self.onnx_dtypes[node.outputs[0]] = onnx_dtype
         self.add_tensor(name, shape, t, [t.min] * C, [t.max] * C, (float(np.ravel(s)[0]),), (float(np.ravel(z)[0]),))
