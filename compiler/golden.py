@@ -250,3 +250,48 @@ def run_float(plan: Plan, x: np.ndarray, check: bool = True) -> dict[str, np.nda
 
 def output_codes(plan: Plan, env: dict[str, np.ndarray]) -> np.ndarray:
     return env[plan.output_name]
+
+
+def onnx_output(plan, env):
+    """The ONNX graph's first output from the golden model's tensors (dequant + trailing ops)."""
+    out = plan.doc["output"]
+    codes = env[out["tensor"]]
+    B = codes.shape[0]
+    flat = codes.reshape(B, -1)
+    C = plan.tensor_shape(out["tensor"])[-1]
+    dq = out.get("dequant")
+    if dq is not None and dq.get("layout") == "onnx":
+        # per-element (blocked) dequantization, given in the ONNX layout
+        index = plan.array(out["index"]) if isinstance(out.get("index"), str) else np.arange(flat.shape[1])
+        shape = tuple(out.get("onnx_shape") or (1, flat.shape[1]))[1:]
+        codes_onnx = flat[:, index].reshape((B,) + shape)
+        s = np.asarray(dq["scale"], dtype=np.float32)
+        z = np.asarray(dq["zero_point"], dtype=np.float32)
+        return ((codes_onnx.astype(np.float32) - z) * s).astype(np.dtype(out.get("onnx_dtype") or "float32"))
+    if dq is not None:
+        a = np.asarray(dq["scale"], dtype=np.float64)
+        b = np.asarray(dq.get("offset", -a * np.asarray(dq["zero_point"], dtype=np.float64)), dtype=np.float64)
+        ch = np.arange(flat.shape[1]) % C
+        val = flat.astype(np.float64) * a[ch] + b[ch]
+    else:
+        val = flat
+    for t in out.get("trailing") or []:
+        if t["op"] == "Relu":
+            val = np.maximum(val, 0)
+        elif t["op"] == "Clip":
+            val = np.clip(val, -np.inf if t["min"] is None else t["min"], np.inf if t["max"] is None else t["max"])
+        elif t["op"] == "Affine":
+            ch = np.arange(flat.shape[1]) % C
+            val = val * np.asarray(t["a"])[ch] + np.asarray(t["b"])[ch]
+    index = plan.array(out["index"]) if isinstance(out.get("index"), str) else np.arange(flat.shape[1])
+    shape = tuple(out.get("onnx_shape") or (1, flat.shape[1]))[1:]
+    val = val[:, index].reshape((B,) + shape)
+    for t in out.get("trailing") or []:
+        if t["op"] == "Softmax":
+            v = val.astype(np.float32)
+            e = np.exp(v - v.max(axis=t["axis"], keepdims=True))
+            val = e / e.sum(axis=t["axis"], keepdims=True)
+    dtype = np.dtype(out.get("onnx_dtype") or ("float32" if dq is not None else "int64"))
+    if np.issubdtype(dtype, np.integer):
+        return np.asarray(np.rint(val)).astype(dtype)
+    return np.asarray(val).astype(dtype)

@@ -117,6 +117,7 @@ class Graph:
     input_dtype: str = "float32"         # numpy dtype of the data input
     annotations: dict = field(default_factory=dict, hash=False, compare=False)  # tensor -> FINN datatype
     batch_axis: bool = True              # False: the declared input shape is one whole sample
+    notes: tuple[str, ...] = ()          # front-end repairs the user should know of (carried into the plan)
 
     def verify(self) -> None:
         known = set(self.inputs) | set(self.constants)

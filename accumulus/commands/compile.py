@@ -8,6 +8,11 @@ EXAMPLES = """
   accumulus compile tfc.onnx --out build/tfc --target-fps 100000 --clock-mhz 100 --board ulx3s-85f
   accumulus compile model.onnx --out build/m --max-pes 64
   accumulus compile qdq.onnx --out build/q --bind scale=scale.npy      # extra graph inputs as constants
+  accumulus compile model.onnx --out build/m --calib x_test.npy          # verify on your data as well
+
+Before writing the plan, compile runs the golden model beside the reference executor (qonnx for
+QONNX graphs, onnxruntime with optimisations off for QDQ/QOperator) on 32 inputs drawn over the
+input's code range (plus --calib) and refuses (exit 2) when integer codes differ beyond float ties.
 
 Default folding (no option): about 1024 cycles per frame (see compiler/passes/fold.py).
 """
@@ -22,6 +27,11 @@ def add_arguments(p):
     p.add_argument("--board", metavar="B", help="board id (boards/data/B.json): fold within its budget")
     p.add_argument("--bind", action="append", default=[], metavar="NAME=FILE.npy",
                    help="bind a graph input to a constant (repeatable)")
+    p.add_argument("--calib", metavar="X.npy", help="also verify on these inputs (float, ONNX layout, batch first)")
+    p.add_argument("--calib-size", type=int, default=32, metavar="N",
+                   help="inputs drawn over the input's code range for verification (default 32)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the comparison with the reference executor (recorded in plan.json and reports)")
     p.add_argument("--quiet", action="store_true", help="do not print the width table")
 
 
@@ -43,6 +53,50 @@ def board_budget(board: str | None):
     return doc.get("budget"), doc.get("family"), None
 
 
+def verify(plan, args, binds) -> dict:
+    """Golden model vs reference executor; raises UserError (nothing written) on disagreement."""
+    import sys
+    import time
+
+    import numpy as np
+
+    from accumulus.compiler.verify import verify_plan
+    from accumulus.errors import UserError
+
+    if args.no_verify:
+        print("accumulus compile: warning: --no-verify: the golden model was not checked against a reference "
+              "executor", file=sys.stderr)
+        return {"skipped": True, "reason": "--no-verify"}
+    if args.calib_size < 0:
+        raise UserError(f"--calib-size {args.calib_size}: must be >= 0")
+    x = None
+    if args.calib:
+        try:
+            x = np.load(args.calib, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise UserError(f"--calib {args.calib}: not a readable .npy array ({exc})") from None
+        if x.ndim == 0 or x.shape[0] == 0 or not np.issubdtype(x.dtype, np.number):
+            raise UserError(f"--calib {args.calib}: expected a non-empty numeric array, batch first "
+                            f"(got shape {x.shape}, dtype {x.dtype})")
+    if args.calib_size == 0 and x is None:
+        raise UserError("--calib-size 0 without --calib leaves nothing to verify on; use --no-verify to skip")
+    t0 = time.perf_counter()
+    ver = verify_plan(plan, args.model, x, args.calib_size, binds)
+    doc = ver.to_json()
+    doc["calib"] = args.calib
+    doc["seconds"] = round(time.perf_counter() - t0, 2)
+    if not ver.ok:
+        raise UserError(f"{args.model}: the golden model disagrees with {ver.reference} beyond float ties on "
+                        f"{len(ver.bad_samples) or len(ver.output_bad)} of {ver.samples} inputs; first: "
+                        f"{ver.first_failure()}. No plan written. This is a compiler bug for a supported "
+                        "graph: please report it with the model; 'accumulus check' shows every tensor, and "
+                        "--no-verify writes the plan anyway")
+    ties = f", {len(ver.tie_samples)} with float ties" if ver.tie_samples else ""
+    print(f"verified: golden model == {ver.reference} on {ver.samples} inputs ({len(ver.tensors)} tensors{ties}, "
+          f"{doc['seconds']} s)")
+    return doc
+
+
 def run(args) -> int:
     import sys
     from pathlib import Path
@@ -59,6 +113,7 @@ def run(args) -> int:
     plan = compile_model(args.model, opts)
     if args.board and budget:
         plan.doc["options"]["budget"] = budget
+    plan.doc["verification"] = verify(plan, args, opts.binds)
     json_path, npz_path = plan.save(Path(args.out))
     if not args.quiet:
         print(width_table(plan))

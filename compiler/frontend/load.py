@@ -165,6 +165,21 @@ def _typed_weight_clip(n, consts: dict, readers: dict, outputs: set) -> bool:
             and all(domain_family(u.domain) == "" and u.op_type == "DequantizeLinear" for u in users))
 
 
+def _add_custom_opsets(model) -> list[str]:
+    """Add the opset import of every QONNX custom domain a node uses but the model does not
+    declare. Brevitas and FINN exports often leave it out; the ONNX checker then rejects the
+    model, while qonnx executes it. Version 1 is what qonnx assumes for a missing import."""
+    from onnx import helper
+
+    declared = {o.domain for o in model.opset_import}
+    used = sorted({n.domain for n in model.graph.node if n.domain and domain_family(n.domain) == "qonnx"})
+    missing = [d for d in used if d not in declared]
+    for d in missing:
+        model.opset_import.append(helper.make_opsetid(d, 1))
+    return [f"the model has no opset import for domain '{d}' (used by its nodes): added as version 1"
+            for d in missing]
+
+
 def load(path, binds: dict[str, np.ndarray] | None = None) -> Graph:
     """Read, check and simplify an ONNX model; raise one UserError listing every problem."""
     import onnx
@@ -172,6 +187,7 @@ def load(path, binds: dict[str, np.ndarray] | None = None) -> Graph:
 
     path = Path(path)
     model, path, sha = _read_model(path)
+    notes = _add_custom_opsets(model)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises ValidationError and assorted C++ errors
@@ -293,6 +309,6 @@ def load(path, binds: dict[str, np.ndarray] | None = None) -> Graph:
             if kv.key == "finn_datatype":
                 annotations[qa.tensor_name] = kv.value
     graph = Graph(tuple(nodes), (inp.name,), outputs, consts, shapes, meta, str(path), sha, in_dtype, annotations,
-                  batch_axis)
+                  batch_axis, tuple(notes))
     graph.verify()
     return graph
