@@ -27,6 +27,8 @@ class CompileOptions:
     budget: dict | None = None
     family: str | None = None
     binds: dict = field(default_factory=dict)
+    input_type: str | None = None        # --input-type for a float graph input
+    input_scale: float | None = None
 
 
 def _jsonable(v, arrays, key):
@@ -86,7 +88,14 @@ def compile_model(path, opts: CompileOptions | None = None, progress=None) -> Pl
     graph = load(path, opts.binds)
     graph.verify()
     say(f"front end: {len(graph.nodes)} nodes ({time.perf_counter() - t0:.2f} s)")
-    ig = lower(graph)
+    declared = None
+    if opts.input_type is not None:
+        from .types import parse_input_type
+        declared = parse_input_type(opts.input_type, opts.input_scale)
+    elif opts.input_scale is not None:
+        from accumulus.errors import UserError
+        raise UserError("--input-scale needs --input-type")
+    ig = lower(graph, declared)
     ig.verify()
     ig = fuse(ig)
     ig.verify()
@@ -105,7 +114,8 @@ def compile_model(path, opts: CompileOptions | None = None, progress=None) -> Pl
     say(f"passes done ({time.perf_counter() - t0:.2f} s)")
     source = {"model": str(Path(graph.source)), "sha256": graph.sha256, "metadata": graph.metadata}
     options = {"target_fps": opts.target_fps, "clock_mhz": opts.clock_mhz, "max_pes": opts.max_pes,
-               "board": opts.board, "binds": sorted(opts.binds)}
+               "board": opts.board, "binds": sorted(opts.binds), "input_type": opts.input_type,
+               "input_scale": None if declared is None else declared[1]}
     plan = plan_from_intgraph(ig, source, estimate, options)
     from .plan import validate
     validate(plan.doc)

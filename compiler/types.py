@@ -62,3 +62,28 @@ def signed_bits(lo: int, hi: int) -> int:
     while not (-(1 << (bits - 1)) <= lo and hi <= (1 << (bits - 1)) - 1):
         bits += 1
     return bits
+
+
+def parse_input_type(text: str, scale: float | None = None) -> tuple[IntType, float]:
+    """``--input-type``: ``int8``, ``uint8``, ``intN``/``uintN``, or hls4ml's ``fixed<W,I>`` /
+    ``ufixed<W,I>`` (W bits in all, I of them integer bits, sign included when signed:
+    scale 2^-(W-I)). Returns (code type, scale); ``scale`` overrides the implied one."""
+    import re
+
+    from accumulus.errors import UserError
+
+    t = text.strip().lower().replace(" ", "")
+    m = re.fullmatch(r"(u?)int(\d+)", t)
+    if m:
+        itype, implied = IntType(int(m.group(2)), not m.group(1)), 1.0
+    else:
+        m = re.fullmatch(r"(u?)(?:ap_)?fixed<(\d+),(-?\d+)>", t)
+        if not m:
+            raise UserError(f"--input-type '{text}': expected int8, uint8, intN, uintN, fixed<W,I> or ufixed<W,I>")
+        w, i = int(m.group(2)), int(m.group(3))
+        itype, implied = IntType(w, not m.group(1)), 2.0 ** -(w - i)
+    if not 1 <= itype.bits <= 32:
+        raise UserError(f"--input-type '{text}': {itype.bits} bits, expected 1..32")
+    if scale is not None and not (scale > 0 and scale != float("inf")):
+        raise UserError(f"--input-scale {scale}: must be positive and finite")
+    return itype, float(implied if scale is None else scale)

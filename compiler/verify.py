@@ -104,7 +104,8 @@ def calibration_batch(plan: Plan, n: int = DEFAULT_CALIB, seed: int = 0) -> np.n
         y = rng.choice([-1.0, 1.0], full) * rng.uniform(0.05, 1.0, full)
         return _invert_pre(spec, y.astype(np.float32))
     codes = rng.integers(t.min, t.max + 1, full).astype(np.float64)
-    jitter = rng.uniform(-0.4, 0.4, full)
+    # a declared input type (--input-type) holds values on its grid: no offset
+    jitter = rng.uniform(-0.4, 0.4, full) * (0.0 if spec.get("declared") else 1.0)
     # codes at the ends of the range saturate anyway: push them outwards too
     jitter = np.where(codes == t.min, -np.abs(jitter), np.where(codes == t.max, np.abs(jitter), jitter))
     s = np.asarray(spec["scale"], dtype=np.float64)

@@ -117,3 +117,34 @@ def test_missing_custom_opset_import_is_added_with_a_note(tmp_path):
     x = calibration_batch(plan, 16)
     ver = compare(plan, onnx.load(path), x)
     assert ver.ok and len(ver.tensors) == 2
+
+
+def _float_input_mlp(path):
+    """QKeras / hls4ml style: quantized weights, the first MatMul reads the float graph input."""
+    b = cg.Builder(seed=3)
+    x = b.node("Flatten", ["x"], axis=1)
+    w = b.weight((64, 32), bits=4, axis_shape=(1, 32))
+    h = b.node("MatMul", [x, w])
+    h = b.node("Add", [h, b.const(b.rng.normal(0, 0.5, 32).astype(np.float32), "bias")])
+    h = b.node("Relu", [h])
+    h = b.quant(h, np.float32(0.25), 0, 4, False, False)
+    w2 = b.weight((32, 10), bits=4, axis_shape=(1, 10))
+    y = b.node("MatMul", [h, w2])
+    cg.save(b.model("x", [1, 1, 8, 8], y, [1, 10]), path)
+
+
+def test_float_input_needs_a_declared_type(tmp_path, capsys):
+    path = tmp_path / "float_in.onnx"
+    _float_input_mlp(path)
+    assert main(["compile", str(path), "--out", str(tmp_path / "a"), "--quiet"]) == 2
+    assert "--input-type" in capsys.readouterr().err
+    out = tmp_path / "b"
+    assert main(["compile", str(path), "--out", str(out), "--quiet", "--input-type", "fixed<8,3>"]) == 0
+    doc = json.loads((out / "plan.json").read_text())
+    assert doc["input"]["type"] == {"bits": 8, "signed": True, "narrow": False}
+    assert doc["input"]["scale"] == 2.0 ** -5 and doc["input"]["declared"]
+    assert doc["verification"]["ok"] and doc["verification"]["tensors"]
+    assert doc["verification"]["output_top1"] >= 0.999
+    assert main(["check", str(path), "--input-type", "uint8", "--input-scale", "0.01"]) == 0
+    assert main(["compile", str(path), "--out", str(tmp_path / "c"), "--input-type", "fixed<8>"]) == 2
+    assert "--input-type 'fixed<8>'" in capsys.readouterr().err

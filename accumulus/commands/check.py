@@ -19,6 +19,8 @@ def add_arguments(p):
     p.add_argument("--samples", type=int, default=32, metavar="N",
                    help="inputs drawn over the input's code range when --input is not given (default 32)")
     p.add_argument("--plan", metavar="DIR", help="check this compiled plan (plan.json) instead of compiling MODEL")
+    from accumulus.commands.compile import add_input_type_arguments
+    add_input_type_arguments(p)
     p.add_argument("--bind", action="append", default=[], metavar="NAME=FILE.npy",
                    help="bind a graph input to a constant (repeatable), as for compile")
 
@@ -34,7 +36,8 @@ def run(args) -> int:
     from accumulus.errors import UserError
 
     binds = parse_binds(args.bind)
-    plan = Plan.load(args.plan) if args.plan else compile_model(args.model, CompileOptions(binds=binds))
+    plan = Plan.load(args.plan) if args.plan else compile_model(args.model, CompileOptions(
+        binds=binds, input_type=args.input_type, input_scale=args.input_scale))
     if args.input:
         try:
             x = np.load(args.input, allow_pickle=False)

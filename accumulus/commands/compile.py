@@ -9,6 +9,7 @@ EXAMPLES = """
   accumulus compile model.onnx --out build/m --max-pes 64
   accumulus compile qdq.onnx --out build/q --bind scale=scale.npy      # extra graph inputs as constants
   accumulus compile model.onnx --out build/m --calib x_test.npy          # verify on your data as well
+  accumulus compile hls4ml_style.onnx --out build/h --input-type 'fixed<8,3>'   # float input, declared type
 
 Before writing the plan, compile runs the golden model beside the reference executor (qonnx for
 QONNX graphs, onnxruntime with optimisations off for QDQ/QOperator) on 32 inputs drawn over the
@@ -27,12 +28,21 @@ def add_arguments(p):
     p.add_argument("--board", metavar="B", help="board id (boards/data/B.json): fold within its budget")
     p.add_argument("--bind", action="append", default=[], metavar="NAME=FILE.npy",
                    help="bind a graph input to a constant (repeatable)")
+    add_input_type_arguments(p)
     p.add_argument("--calib", metavar="X.npy", help="also verify on these inputs (float, ONNX layout, batch first)")
     p.add_argument("--calib-size", type=int, default=32, metavar="N",
                    help="inputs drawn over the input's code range for verification (default 32)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the comparison with the reference executor (recorded in plan.json and reports)")
     p.add_argument("--quiet", action="store_true", help="do not print the width table")
+
+
+def add_input_type_arguments(p):
+    p.add_argument("--input-type", metavar="T",
+                   help="fixed-point type of a float graph input that the graph does not quantize: int8, uint8, "
+                        "intN, uintN, fixed<W,I> or ufixed<W,I> (hls4ml's ap_fixed: scale 2^-(W-I))")
+    p.add_argument("--input-scale", type=float, metavar="S",
+                   help="value of one input code for --input-type (default 1 for intN, 2^-(W-I) for fixed)")
 
 
 def board_budget(board: str | None):
@@ -109,7 +119,8 @@ def run(args) -> int:
     if msg:
         print(f"accumulus compile: warning: {msg}", file=sys.stderr)
     opts = CompileOptions(target_fps=args.target_fps, clock_mhz=args.clock_mhz, max_pes=args.max_pes,
-                          board=args.board, budget=budget, family=family, binds=parse_binds(args.bind))
+                          board=args.board, budget=budget, family=family, binds=parse_binds(args.bind),
+                          input_type=args.input_type, input_scale=args.input_scale)
     plan = compile_model(args.model, opts)
     if args.board and budget:
         plan.doc["options"]["budget"] = budget

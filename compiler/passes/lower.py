@@ -76,7 +76,7 @@ class _Lowering:
         self.tensors: dict[str, IntTensor] = {}
         self.layers: list[IntLayer] = []
         self.ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}   # per-channel code range
-        self.notes: list[str] = []
+        self.notes: list[str] = list(g.notes)
         self.input_spec: dict | None = None
         self.trailing: list = []
         self.output_override = None
@@ -158,7 +158,14 @@ class _Lowering:
         self.plan_input_shape = plan_shape
         self.env[inp] = Raw(idx)
         ft = finn_type(g.annotations.get(inp))
-        if ft is not None:
+        if self.declared_input is not None:
+            # --input-type: the float input holds values of a declared fixed-point type (as
+            # hls4ml's input precision); quantized once, on the host, like any input quantizer
+            t, s = self.declared_input
+            self.env[inp] = self.input_quant(Node(Op.IDENTITY, "input", (inp,), (inp,)), Raw(idx), np.float32(s),
+                                             np.float32(0), t, "ROUND")
+            self.input_spec["declared"] = True
+        elif ft is not None:
             # FINN convention: an input annotated with an integer datatype already holds codes
             self.env[inp] = self.input_quant(Node(Op.IDENTITY, "input", (inp,), (inp,)), Raw(idx), np.float32(1),
                                              np.float32(0), ft, "ROUND")
@@ -650,7 +657,8 @@ class _Lowering:
 
     def _mac_input(self, node, x, what="input"):
         if isinstance(x, Raw):
-            self.err(node, f"{what} is the float graph input: quantize it first")
+            self.err(node, f"{what} is the float graph input: quantize it in the graph, or declare its "
+                           "fixed-point type with --input-type (e.g. int8, uint8, fixed<8,3>) and --input-scale")
         if not isinstance(x, Val):
             self.err(node, f"{what} must be an activation")
         if not is_linear(x.chain):
@@ -1269,6 +1277,7 @@ class _Lowering:
             "scale": float(np.ravel(s)[0]) if per_tensor else s_b.tolist(),
             "zero_point": float(np.ravel(z)[0]) if per_tensor else z_b.tolist(),
             "type": t.to_json(), "rounding_mode": "ROUND" if qlinear else mode.upper(),
+            "dtype": str(self.g_input_dtype),
         }
         if qlinear:
             self.input_spec["qlinear"] = True
@@ -1397,8 +1406,10 @@ def _weight_type(w: QConst, zw, wq=None) -> IntType:
     return IntType(signed_bits(int(wq.min()), int(wq.max())), True)
 
 
-def lower(g: Graph) -> IntGraph:
+def lower(g: Graph, input_type: tuple[IntType, float] | None = None) -> IntGraph:
+    """``input_type``: (code type, scale) declared for a float graph input (``--input-type``)."""
     low = _Lowering(g)
+    low.declared_input = input_type
     low.onnx_dtypes = {}
     low.output_dequant = {}
     low.g_input_dtype = np.dtype(g.input_dtype)
