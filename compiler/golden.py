@@ -23,7 +23,7 @@ class AccumulatorOverflow(UserError):
 def round_float(x: np.ndarray, mode: str = "ROUND") -> np.ndarray:
     """qonnx's rounding modes on a float array (ROUND is half-to-even)."""
     mode = mode.upper()
-    if mode == "ROUND":
+    if mode in ("ROUND", "HALF_EVEN"):
         return np.round(x)
     if mode == "FLOOR":
         return np.floor(x)
@@ -37,7 +37,7 @@ def round_float(x: np.ndarray, mode: str = "ROUND") -> np.ndarray:
         return np.sign(x) * np.floor(np.abs(x) + 0.5)
     if mode == "HALF_DOWN":
         return np.sign(x) * np.ceil(np.abs(x) - 0.5)
-    raise UserError(f"unknown rounding_mode '{mode}' (expected ROUND, FLOOR, CEIL, ROUND_TO_ZERO, UP, HALF_UP, HALF_DOWN)")
+    raise UserError(f"unknown rounding_mode '{mode}' (expected ROUND, HALF_EVEN, FLOOR, CEIL, DOWN, ROUND_TO_ZERO, UP, HALF_UP, HALF_DOWN)")
 
 
 def rshift_round_half_even(v: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -199,6 +199,17 @@ def _pool_windows(x: np.ndarray, layer: dict, pad_value: int) -> np.ndarray:
     return _im2col(x, conv)
 
 
+def reorder(layer: dict, x: np.ndarray) -> np.ndarray:
+    """``y[oh, ow, c] = x[rows[oh], cols[ow], channels[(oh % ph)·pw + ow % pw][c]]`` (docs/plan.md)."""
+    ph, pw = layer["phase"]
+    rows, cols = np.asarray(layer["rows"]), np.asarray(layer["cols"])
+    chans = np.asarray(layer["channels"])
+    oh, ow = np.arange(rows.size)[:, None], np.arange(cols.size)[None, :]
+    c = chans[(oh % ph) * pw + ow % pw]                                   # (OH, OW, OC)
+    x = x.reshape((x.shape[0],) + tuple(layer["in_shape"]))
+    return x[:, rows[:, None, None], cols[None, :, None], c]
+
+
 def run_layer(plan: Plan, layer: dict, env: dict[str, np.ndarray], check: bool = True) -> np.ndarray:
     kind = layer["kind"]
     x = env[layer["inputs"][0]]
@@ -224,6 +235,8 @@ def run_layer(plan: Plan, layer: dict, env: dict[str, np.ndarray], check: bool =
         b = env[layer["inputs"][1]]
         (fa, fb) = layer["align"]
         return (((x - fa["zero_point"]) * fa["mult"]) << fa["shift"]) + (((b - fb["zero_point"]) * fb["mult"]) << fb["shift"])
+    if kind == "reorder":
+        return reorder(layer, x)
     if kind == "argmax":
         flat = x.reshape(x.shape[0], -1)
         return np.argmax(flat, axis=1).astype(np.int64)[:, None]  # np.argmax: first maximum

@@ -323,6 +323,8 @@ def compare(plan: Plan, model, x: np.ndarray, extra_feeds: dict | None = None, t
             p = _to_stream(np.broadcast_to(pre, np.shape(ctx[t])).astype(np.float64), pshape)
             if node.op_type == "BipolarQuant" or (node.op_type == "Quant" and _one_bit_signed(model, ctx, node)):
                 tie = np.abs(p) < tie_tol
+            elif _attr_s(node, "rounding_mode", "ROUND").upper() in ("FLOOR", "CEIL", "ROUND_TO_ZERO", "DOWN", "UP"):
+                tie = np.abs(p - np.round(p)) < tie_tol        # these modes step at the integers
             else:
                 tie = np.abs(np.abs(p - np.floor(p)) - 0.5) < tie_tol
         nbad, nties = int(bad.sum()), int((bad & tie).sum())
@@ -352,6 +354,13 @@ def compare(plan: Plan, model, x: np.ndarray, extra_feeds: dict | None = None, t
             clean = np.setdiff1d(np.arange(B), list(first_diff))
             ver.output_bad = [int(b) for b in clean if np.any(err[b] > tol[b])]
     return ver
+
+
+def _attr_s(node, name, default):
+    for a in node.attribute:
+        if a.name == name:
+            return a.s.decode() if isinstance(a.s, bytes) else str(a.s)
+    return default
 
 
 def _one_bit_signed(model, ctx, node) -> bool:

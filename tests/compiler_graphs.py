@@ -157,12 +157,14 @@ def compare_codes(model, plan, env, ctx, tie_tol=1e-4):
     pre-rounding value in the reference (a tie is |frac - 0.5| < tie_tol) -- the evidence
     that the difference is a float tie in the reference, not a compiler error.
     """
-    stats, first_diff = {}, {}
+    stats, first_diff, mode_of = {}, {}, {}
     layers = [l for l in plan.layers if l.get("onnx_tensor") and l["onnx_tensor"] in ctx]
     for l in layers:
         t = plan.tensor(l["output"])
         v = ctx[l["onnx_tensor"]]
         node = _producer(model, l["onnx_tensor"])
+        if node is not None:
+            mode_of[l["name"]] = next((a.s.decode() for a in node.attribute if a.name == "rounding_mode"), "ROUND")
         if node is not None and node.op_type in ("QuantizeLinear", "QLinearMatMul", "QLinearConv", "MultiThreshold"):
             if node.op_type == "MultiThreshold":
                 a = node.attribute
@@ -193,12 +195,21 @@ def compare_codes(model, plan, env, ctx, tie_tol=1e-4):
             first_diff[int(b)] = (l["name"], np.nonzero(bad[b])[0], gold[b, bad[b]], codes[b, bad[b]], pre)
     lines, all_ties = [], True
     for b, (name, where, g, r, pre) in sorted(first_diff.items()):
-        tie = pre is not None and bool(np.all(np.abs(np.abs(pre - np.floor(pre)) - 0.5) < tie_tol))
+        tie = pre is not None and bool(np.all(_near_boundary(pre, mode_of.get(name, "ROUND"), tie_tol)))
         all_ties &= tie
         lines.append(f"sample {b}: first difference in {name} at {where.tolist()}: golden {g.tolist()} "
                      f"reference {r.tolist()} reference pre-rounding {None if pre is None else pre.tolist()} "
                      f"-> {'float tie' if tie else 'NOT A TIE'}")
     return stats, lines, all_ties
+
+
+def _near_boundary(pre, mode, tol):
+    """A pre-rounding value within ``tol`` of where ``mode`` changes its result: half-integers
+    for the rounding-to-nearest modes, integers for FLOOR / CEIL / toward or away from zero."""
+    pre = np.asarray(pre, dtype=np.float64)
+    if mode.upper() in ("FLOOR", "CEIL", "ROUND_TO_ZERO", "DOWN", "UP"):
+        return np.abs(pre - np.round(pre)) < tol
+    return np.abs(np.abs(pre - np.floor(pre)) - 0.5) < tol
 
 
 def assert_codes_agree(model, plan, env, ctx, y, ref, min_tensors=1, min_match=0.999, tie_tol=1e-4):

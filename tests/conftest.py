@@ -59,3 +59,37 @@ def require_module(name: str):
 @pytest.fixture
 def tool():
     return require_tool
+
+
+# -- corpus counts: each differential-corpus case records its family; the totals are printed at
+# the end of the run (summed over xdist workers through files in the cache folder)
+CORPUS_DIR = REPO / ".pytest_cache" / "corpus"
+
+
+def record_corpus(family: str) -> None:
+    import json
+    CORPUS_DIR.mkdir(parents=True, exist_ok=True)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    with open(CORPUS_DIR / f"{worker}.jsonl", "a") as f:
+        f.write(json.dumps(family) + "\n")
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):       # the controller (or a run without xdist)
+        import shutil as _sh
+        _sh.rmtree(CORPUS_DIR, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    import collections
+    import json
+    if not CORPUS_DIR.is_dir():
+        return
+    counts = collections.Counter()
+    for p in CORPUS_DIR.glob("*.jsonl"):
+        counts.update(json.loads(line) for line in p.read_text().splitlines() if line)
+    if counts:
+        terminalreporter.section("differential corpus: graphs checked against a reference executor")
+        for fam, n in sorted(counts.items()):
+            terminalreporter.write_line(f"{fam:<40} {n:>5}")
+        terminalreporter.write_line(f"{'total':<40} {sum(counts.values()):>5}")

@@ -169,6 +169,7 @@ class _Lowering:
             # FINN convention: an input annotated with an integer datatype already holds codes
             self.env[inp] = self.input_quant(Node(Op.IDENTITY, "input", (inp,), (inp,)), Raw(idx), np.float32(1),
                                              np.float32(0), ft, "ROUND")
+            self.input_spec["declared"] = True
         for node in g.nodes:
             handler = getattr(self, "op_" + node.op.value.lower())
             try:
@@ -265,6 +266,8 @@ class _Lowering:
         """Float arithmetic on the graph input before its quantizer: recorded op by op and
         replayed in float32 by the golden model's input step (``input.pre``), so that the
         input codes equal the reference executor's bit for bit."""
+        if x.chain:
+            self.err(node, "float arithmetic after a ReLU on the graph input is not supported")
         pre = list(x.pre)
         for op, v in (("Mul", mul), ("Div", div), ("Add", add)):
             if v is None:
@@ -341,6 +344,9 @@ class _Lowering:
 
     def op_relu(self, node):
         x = self.env[node.inputs[0]]
+        if isinstance(x, Raw):
+            # checked at the quantizer: only one whose clip already starts at the code of 0.0
+            return Raw(x.idx, x.chain + (Relu(),), x.pre)
         if not isinstance(x, Val):
             self.err(node, "ReLU before the input quantizer is not supported")
         return Val(x.src, x.idx, x.chain + (Relu(),))
@@ -984,6 +990,140 @@ class _Lowering:
     def op_globalaveragepool(self, node):
         return self.op_averagepool(node, glob=True)
 
+    # stream reorderings --------------------------------------------------------------------
+    def op_depthtospace(self, node):
+        x = self.env[node.inputs[0]]
+        H, W, C = self._image(node, x, "DepthToSpace")
+        b = int(node.attr("blocksize"))
+        mode = node.attr("mode", "DCR")
+        mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+        oc = C // (b * b)
+        a = np.arange(H * W * C).reshape(H, W, C).transpose(2, 0, 1)    # NCHW -> plan flat index
+        if mode == "DCR":
+            src = a.reshape(b, b, oc, H, W).transpose(2, 3, 0, 4, 1).reshape(oc, H * b, W * b)
+        elif mode == "CRD":
+            src = a.reshape(oc, b, b, H, W).transpose(0, 3, 1, 4, 2).reshape(oc, H * b, W * b)
+        else:
+            self.err(node, f"attribute mode='{mode}' is not DCR or CRD")
+        return self._reorder(node, x, (H, W, C), src, (b, b), "depth_to_space")
+
+    def op_resize(self, node):
+        x = self.env[node.inputs[0]]
+        H, W, C = self._image(node, x, "Resize")
+
+        def attr(key, default):
+            v = node.attr(key, default)
+            return v.decode() if isinstance(v, bytes) else v
+        if node.domain_opset < 11:
+            self.err(node, f"Resize of opset {node.domain_opset} is not supported (opset >= 11)")
+        mode = attr("mode", "nearest")
+        if mode != "nearest":
+            self.err(node, f"attribute mode='{mode}' is not supported (only 'nearest')")
+        ctm = attr("coordinate_transformation_mode", "half_pixel")
+        # the modes whose index maps are checked against onnx.reference (tests/test_superres.py)
+        if ctm not in ("asymmetric", "half_pixel", "pytorch_half_pixel", "align_corners"):
+            self.err(node, f"attribute coordinate_transformation_mode='{ctm}' is not supported (asymmetric, "
+                           "half_pixel, pytorch_half_pixel, align_corners)")
+        nm = attr("nearest_mode", "round_prefer_floor")
+        if nm not in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
+            self.err(node, f"attribute nearest_mode='{nm}' is not supported")
+        if attr("antialias", 0):
+            self.err(node, "attribute antialias=1 is not supported")
+        if node.attr("axes") is not None:
+            self.err(node, "attribute axes is not supported (give scales/sizes for all four axes)")
+        if attr("keep_aspect_ratio_policy", "stretch") != "stretch":
+            self.err(node, f"attribute keep_aspect_ratio_policy='{attr('keep_aspect_ratio_policy', '')}' "
+                           "is not supported (only 'stretch')")
+        out = self.g.shapes[node.outputs[0]]
+        full = self.full((C, H, W))
+        if len(out) != 4 or tuple(out[:2]) != tuple(full[:2]):
+            self.err(node, f"resizes the batch or channel axis ({full} -> {out}); only H and W may scale")
+        OH, OW = int(out[2]), int(out[3])
+        scales = None
+        if len(node.inputs) > 2 and node.inputs[2]:
+            s = np.asarray(self.const_of(node, node.inputs[2], "scales")).reshape(-1)
+            scales = s if s.size else None
+        if scales is not None:
+            sh, sw = Fraction(float(scales[2])), Fraction(float(scales[3]))
+        else:
+            sh, sw = Fraction(OH, H), Fraction(OW, W)
+        if sh.denominator != 1 or sw.denominator != 1 or OH != H * sh or OW != W * sw:
+            self.err(node, f"scales ({float(sh)}, {float(sw)}) on H, W are not integers (only integer "
+                           "upsampling is supported)")
+
+        def source(o_len, i_len, s):
+            out_idx = []
+            for o in range(o_len):
+                if ctm == "asymmetric":
+                    v = Fraction(o) / s
+                elif ctm == "half_pixel":
+                    v = (o + Fraction(1, 2)) / s - Fraction(1, 2)
+                elif ctm == "pytorch_half_pixel":
+                    v = (o + Fraction(1, 2)) / s - Fraction(1, 2) if o_len > 1 else Fraction(0)
+                else:
+                    v = Fraction(o * (i_len - 1), o_len - 1) if o_len > 1 else Fraction(0)
+                fl = v.numerator // v.denominator
+                tie = v - fl == Fraction(1, 2)
+                if nm == "floor":
+                    r = fl
+                elif nm == "ceil":
+                    r = -((-v.numerator) // v.denominator)
+                elif nm == "round_prefer_floor":
+                    r = fl if tie else int(np.floor(float(v) + 0.5))
+                else:
+                    r = fl + 1 if tie else int(np.floor(float(v) + 0.5))
+                out_idx.append(min(max(r, 0), i_len - 1))
+            return np.asarray(out_idx, dtype=np.int64)
+        rows, cols = source(OH, H, sh), source(OW, W, sw)
+        a = np.arange(H * W * C).reshape(H, W, C).transpose(2, 0, 1)
+        src = a[:, rows][:, :, cols]
+        return self._reorder(node, x, (H, W, C), src, (1, 1), "resize_nearest")
+
+    def _reorder(self, node, x: Val, in_shape, src, phase, op):
+        """A ``reorder`` layer for an NCHW map ``src`` (output (OC, OH, OW) -> input plan flat index)."""
+        H, W, C = in_shape
+        OC, OH, OW = src.shape
+        ph, pw = phase
+        h, w, ch = src // (W * C), (src // C) % W, src % C
+        rows, cols = h[0, :, 0], w[0, 0, :]
+        chans = np.stack([ch[:, i, j] for i in range(ph) for j in range(pw)])       # (ph*pw, OC)
+        oh, ow = np.arange(OH)[:, None], np.arange(OW)[None, :]
+        p = (oh % ph) * pw + ow % pw
+        rebuilt = rows[:, None, None] * (W * C) + cols[None, :, None] * C + chans[p]  # (OH, OW, OC)
+        if not np.array_equal(rebuilt.transpose(2, 0, 1), src):
+            raise AssertionError(f"{node.name}: reorder map does not factor into rows/cols/channels")
+        if np.any(np.diff(rows) < 0):
+            self.err(node, "reads input rows out of order; the stream engine needs non-decreasing rows")
+        # a plan channel carries one float chain: every source channel of it must agree
+        chain = []
+        for e in x.chain:
+            if isinstance(e, Affine):
+                ea, eb = np.asarray(e.a, dtype=object), np.asarray(e.b, dtype=object)
+                if len(e.a) == 1:
+                    chain.append(e)
+                    continue
+                if any(tuple(ea[chans[k]]) != tuple(ea[chans[0]]) or tuple(eb[chans[k]]) != tuple(eb[chans[0]])
+                       for k in range(len(chans))):
+                    self.err(node, "merges channels with different scales into one output channel; unsupported")
+                chain.append(Affine(tuple(ea[chans[0]]), tuple(eb[chans[0]])))
+            else:
+                chain.append(e)
+        t = self.tensors[x.src]
+        lo, hi = self.ranges[x.src]
+        lo, hi = np.broadcast_to(lo, (C,)), np.broadcast_to(hi, (C,))
+        olo, ohi = lo[chans].min(axis=0), hi[chans].max(axis=0)
+        sc = t.scale if len(t.scale) == 1 else tuple(np.asarray(t.scale)[chans[0]])
+        zp = t.zero_point if len(t.zero_point) == 1 else tuple(np.asarray(t.zero_point)[chans[0]])
+        name = self.uniq(node.name or op)
+        out = name + "_out"
+        self.names.add(out)
+        self.add_tensor(out, (OH, OW, OC), t.type, olo, ohi, sc, zp)
+        self.layers.append(IntLayer(IntKind.REORDER, name, (x.src,), out, (node.name,), {
+            "op": op, "in_shape": [H, W, C], "out_shape": [int(OH), int(OW), int(OC)],
+            "rows": [int(r) for r in rows], "cols": [int(c) for c in cols], "phase": [ph, pw],
+            "channels": [[int(c) for c in row] for row in chans]}))
+        return Val(out, np.arange(OH * OW * OC).reshape(OH, OW, OC).transpose(2, 0, 1), tuple(chain))
+
     # residual add ----------------------------------------------------------------------------
     def residual(self, node, a, b, sign):
         for v, nm in ((a, "first"), (b, "second")):
@@ -1256,6 +1396,12 @@ class _Lowering:
             self.err(node, "the graph input is quantized twice")
         s = np.asarray(s, dtype=np.float32)
         z = np.asarray(z, dtype=np.float32)
+        if any(isinstance(e, Relu) for e in x.chain):
+            # round(max(x, 0)/s + 0) clipped to [min >= 0, max] equals the unclipped quantizer's
+            # code: the ReLU is redundant exactly when the zero point is 0 and codes are unsigned
+            if np.any(z != 0) or np.any(s <= 0) or t.min < 0 or qlinear:
+                self.err(node, "ReLU before the input quantizer is only supported when the quantizer has "
+                               "zero point 0, a positive scale and no negative codes")
         name = "input"
         self.names.add(name)
         shape = self.plan_input_shape
