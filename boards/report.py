@@ -162,6 +162,7 @@ def run_report(project: Path, board: Board, policies=DEFAULT_POLICIES, *, estima
         "policies": policies, "variants": variants, "widths": widths,
         "options": {"estimate_only": estimate_only, "pnr": pnr, "workers": workers},
         "tools": {}, "policy": {},
+        "verification": verification_summary(plan.doc),
     }
     coeff = cost_model.load_coefficients(board.family)
 
@@ -514,6 +515,17 @@ def _fmt_ratio(r):
     return f"{r:.2f}x"
 
 
+def verification_summary(plan_doc: dict) -> str:
+    """One line on how the plan's golden model was checked (``compile`` records it)."""
+    v = plan_doc.get("verification")
+    if not v:
+        return "not recorded (plan compiled before verification existed)"
+    if v.get("skipped"):
+        return f"SKIPPED ({v.get('reason', '--no-verify')}): the golden model was not checked against a reference"
+    ties = f", {v['samples_with_ties']} with float ties" if v.get("samples_with_ties") else ""
+    return f"golden model == {v['reference']} on {v['samples']} inputs{ties}"
+
+
 def render_markdown(doc: dict) -> str:
     b = doc["board"]
     lines = [f"# accumulus report: {b.get('name', b['id'])} ({b['part']}, {b['family']})", ""]
@@ -521,7 +533,8 @@ def render_markdown(doc: dict) -> str:
     lines.append(f"Policies: {', '.join(doc['policies'])}; synthesis variants: {', '.join(doc['variants'])} "
                  "(`lut`: multipliers in LUTs; `dsp`: hard multipliers)  ")
     tools = ", ".join(f"{k} {v}" for k, v in doc["tools"].items())
-    lines.append(f"Tools: {tools or 'none (estimate only)'}")
+    lines.append(f"Tools: {tools or 'none (estimate only)'}  ")
+    lines.append(f"Golden model verification: {doc.get('verification') or 'not recorded'}")
     lines.append("")
     lines.append("## Accumulator widths (widest channel per layer)")
     lines.append("| layer | K | N | PE | SIMD | data-type | A2Q | A2Q+ | exact | target P | per-PE exact |")

@@ -93,6 +93,7 @@ def build(plan: Plan, out_dir, acc_policy: str = "exact", layers: bool = True, p
         "format_version": BUILD_FORMAT_VERSION,
         "plan": {"source": plan.doc.get("source", {}).get("model"), "arrays_sha256": plan.doc.get("arrays_sha256")},
         "acc_policy": acc_policy,
+        "verification": plan.doc.get("verification") or {"recorded": False},
         "top": {
             "module": TOP_NAME, "file": f"{TOP_NAME}.v", "ports": _ports(top),
             "clock": "clk", "reset": "rst (synchronous, active high)",

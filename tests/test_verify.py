@@ -56,6 +56,11 @@ def test_compile_refuses_a_plan_whose_golden_model_disagrees(tmp_path, monkeypat
     assert rc == 0
     doc = json.loads((out / "plan.json").read_text())
     assert doc["verification"] == {"skipped": True, "reason": "--no-verify"}
+    # ... and in every report
+    assert main(["report", str(out), "--board", "icebreaker", "--estimate-only"]) == 0
+    rep = json.loads((out / "reports" / "report.json").read_text())
+    assert rep["verification"].startswith("SKIPPED (--no-verify)")
+    assert "Golden model verification: SKIPPED (--no-verify)" in (out / "reports" / "report.md").read_text()
 
 
 def test_compile_records_verification(tmp_path, capsys):
