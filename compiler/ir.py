@@ -63,6 +63,8 @@ class Op(enum.Enum):
     QLINEAR_CONV = "QLinearConv"
     MATMUL_INTEGER = "MatMulInteger"
     CONV_INTEGER = "ConvInteger"
+    DEPTH_TO_SPACE = "DepthToSpace"
+    RESIZE = "Resize"
 
 
 # (domain family, op_type) -> Op. "" is the ONNX default domain; "qonnx" covers the three
@@ -150,6 +152,7 @@ class IntKind(enum.Enum):
     AVGPOOL = "avgpool"
     ADD = "add"
     ARGMAX = "argmax"
+    REORDER = "reorder"          # DepthToSpace, nearest Resize: a row-wise stream reordering
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from accumulus.errors import UserError
 from .types import IntType
 
 FORMAT_VERSION = 1
-LAYER_KINDS = ("matvec", "conv", "requant", "maxpool", "avgpool", "add", "argmax")
+LAYER_KINDS = ("matvec", "conv", "requant", "maxpool", "avgpool", "add", "argmax", "reorder")
 MAC_KINDS = ("matvec", "conv")
 
 

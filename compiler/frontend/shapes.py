@@ -148,6 +148,13 @@ def _infer(n: Node, shapes, consts):
         if op is Op.SQUEEZE:
             return [np.squeeze(a, axis=tuple(axes) if axes is not None else None).shape]
         return [np.expand_dims(a, tuple(axes)).shape]
+    if op is Op.DEPTH_TO_SPACE:
+        b = int(n.attr("blocksize", 0))
+        if len(x) != 4 or b < 1 or x[1] % (b * b):
+            raise UserError(f"DepthToSpace '{n.name}': blocksize {b} does not divide the channels of {x}")
+        return [(x[0], x[1] // (b * b), x[2] * b, x[3] * b)]
+    if op is Op.RESIZE:
+        return [resize_shape(n, x, consts)]
     if op is Op.ARGMAX:
         axis = n.attr("axis", 0)
         out = list(x)
@@ -163,3 +170,28 @@ def _infer(n: Node, shapes, consts):
         out[axis] = int(k[0])
         return [tuple(out), tuple(out)]
     raise UserError(f"{op.value} '{n.name}': no shape rule")
+
+
+def resize_shape(n: Node, x, consts) -> tuple[int, ...]:
+    """Output shape of a Resize from its constant ``scales`` or ``sizes`` (opset 11+ inputs)."""
+    def const(k):
+        name = n.inputs[k] if len(n.inputs) > k else ""
+        if not name:
+            return None
+        if name not in consts:
+            raise UserError(f"Resize '{n.name}': input {k} ('{name}') is not constant")
+        v = np.asarray(consts[name]).reshape(-1)
+        return v if v.size else None
+    if len(n.inputs) == 2:  # opset 10: X, scales
+        scales, sizes = const(1), None
+    else:
+        scales, sizes = const(2), const(3)
+    if sizes is not None:
+        out = tuple(int(v) for v in sizes)
+    elif scales is not None:
+        out = tuple(int(np.floor(d * float(s))) for d, s in zip(x, scales))
+    else:
+        raise UserError(f"Resize '{n.name}': neither scales nor sizes is given")
+    if len(out) != len(x):
+        raise UserError(f"Resize '{n.name}': {len(out)} scales/sizes for a rank-{len(x)} input")
+    return out
