@@ -81,7 +81,7 @@ def chains(draw):
     return b.model("x", [1, 16], x, [1, k]), (in_bits, in_signed, float(in_scale))
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(chains())
 def test_generated_chains_agree_with_qonnx(tmp_path_factory, case):
     model, (in_bits, in_signed, in_scale) = case
