@@ -9,6 +9,9 @@ Per MAC layer with ``PE`` output lanes of ``SIMD`` products each:
   DSP = lanes whose product is at least ``dsp_min_product_bits`` wide (0 = never)
   BRAM bits = weights (N·K·w_bits) + thresholds (N·T·threshold_bits)
 where ``adder_bits`` is the product width plus log2(SIMD) (a width-aware adder tree).
+A ``reorder`` layer (DepthToSpace, nearest Resize; hw/reorder.py) is a two-row buffer of
+``2·W·C`` elements (BRAM bits; Yosys may put a small one in LUT RAM) plus its address
+counters and output register, costed as a stream layer of one element.
 Coefficients are data (``cost_coefficients.json``), one table per FPGA family; the board
 calibration in ``boards/`` rewrites that file from Yosys runs.
 """
@@ -18,7 +21,7 @@ import json
 import math
 from importlib import resources
 
-__all__ = ["load_coefficients", "mac_layer_cost", "weight_rom_in_logic", "stream_layer_cost", "total", "RESOURCES"]
+__all__ = ["load_coefficients", "mac_layer_cost", "weight_rom_in_logic", "stream_layer_cost", "reorder_layer_cost", "total", "RESOURCES"]
 
 RESOURCES = ("lut", "ff", "dsp", "bram_bits")
 
@@ -76,6 +79,15 @@ def stream_layer_cost(elem_bits: int, coeff: dict) -> dict:
     """An elementwise/pooling layer processing one element per cycle."""
     return {"lut": elem_bits * coeff["lut_per_stream_bit"] + coeff["lut_per_layer"],
             "ff": elem_bits * 2 + coeff["ff_per_layer"], "dsp": 0, "bram_bits": 0}
+
+
+def reorder_layer_cost(elem_bits: int, in_shape, coeff: dict) -> dict:
+    """A ``reorder`` layer of input ``(H, W, C)``: the stream layer's logic plus its
+    two-input-row buffer (hw/reorder.py) in memory bits."""
+    _, w, c = (int(v) for v in in_shape)
+    cost = stream_layer_cost(elem_bits, coeff)
+    cost["bram_bits"] = 2 * w * c * int(elem_bits)
+    return cost
 
 
 def total(costs) -> dict:
