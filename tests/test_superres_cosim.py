@@ -58,3 +58,18 @@ def test_brevitas_superres_cosim_verilator(tmp_path, kind, capsys):
     assert run["input_gap_cycles"] > 0 and run["output_stall_cycles"] > 0
     assert r["cycles_per_frame_error"] <= 0.10, \
         f"measured {r['cycles_per_frame']} vs estimate {r['cycles_per_frame_estimate']}"
+
+    # every engine alone (the reorder included) on the golden model's tensors, and the
+    # worst-case stimulus (for the resize net its first MAC layer reads the reorder's output)
+    for extra in (["--engines"], ["--stimulus", "worst"]):
+        rc = main(["sim", str(d), "--simulator", "verilator", "--frames", "8", "--backpressure", "0.3", *extra])
+        out = capsys.readouterr().out
+        r = json.loads((d / "sim" / "results.json").read_text())
+        assert rc == 0 and r["passed"] and r["mismatches"] == 0, out
+        designs = [run["design"] for run in r["runs"]]
+        if extra == ["--engines"]:
+            assert any("DepthToSpace" in x or "Resize" in x for x in designs), designs
+        else:
+            # the first MAC layer runs inside the whole design unless a reorder is in front of it
+            macs = sum(l["kind"] == "conv" for l in plan.layers)
+            assert sum("Conv" in x for x in designs) == (macs if kind == "resize" else macs - 1), designs
