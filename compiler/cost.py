@@ -9,6 +9,10 @@ Per MAC layer with ``PE`` output lanes of ``SIMD`` products each:
   DSP = lanes whose product is at least ``dsp_min_product_bits`` wide (0 = never)
   BRAM bits = weights (N·K·w_bits) + thresholds (N·T·threshold_bits)
 where ``adder_bits`` is the product width plus log2(SIMD) (a width-aware adder tree).
+A ``reorder`` layer (DepthToSpace, nearest Resize; hw/reorder.py) is a two-row buffer of
+``2·W·C`` elements (BRAM bits) plus address counters and index tables whose logic grows with
+the buffer's address width ``A = ceil(log2(2·W·C))``: LUT = A·lut_per_reorder_addr_bit,
+FF = ff_per_reorder + A·ff_per_reorder_addr_bit.
 Coefficients are data (``cost_coefficients.json``), one table per FPGA family; the board
 calibration in ``boards/`` rewrites that file from Yosys runs.
 """
@@ -18,7 +22,7 @@ import json
 import math
 from importlib import resources
 
-__all__ = ["load_coefficients", "mac_layer_cost", "weight_rom_in_logic", "stream_layer_cost", "total", "RESOURCES"]
+__all__ = ["load_coefficients", "mac_layer_cost", "weight_rom_in_logic", "stream_layer_cost", "reorder_layer_cost", "total", "RESOURCES"]
 
 RESOURCES = ("lut", "ff", "dsp", "bram_bits")
 
@@ -76,6 +80,25 @@ def stream_layer_cost(elem_bits: int, coeff: dict) -> dict:
     """An elementwise/pooling layer processing one element per cycle."""
     return {"lut": elem_bits * coeff["lut_per_stream_bit"] + coeff["lut_per_layer"],
             "ff": elem_bits * 2 + coeff["ff_per_layer"], "dsp": 0, "bram_bits": 0}
+
+
+# Yosys 0.70 synth_ice40 of hw/reorder.py, 8-bit elements (A: address bits; LUT4 / FF):
+# DepthToSpace b=2 8x8x4 (A=6) 49/44, 32x32x16 (A=10) 69/58, b=3 16x16x36 (A=11) 148/64;
+# nearest x2 8x8x1 (A=4) 37/35, x3 32x32x8 (A=9) 94/57; one to three SB_RAM40_4K each.
+# Defaults for families whose calibration has no reorder entries.
+REORDER_DEFAULTS = {"lut_per_reorder_addr_bit": 10.0, "ff_per_reorder": 24.0, "ff_per_reorder_addr_bit": 4.0}
+
+
+def reorder_layer_cost(elem_bits: int, in_shape, coeff: dict) -> dict:
+    """A ``reorder`` layer of input ``(H, W, C)`` (hw/reorder.py): its two-input-row buffer
+    in memory bits, its counters and index tables in logic."""
+    _, w, c = (int(v) for v in in_shape)
+    depth = 2 * w * c
+    addr = max(1, math.ceil(math.log2(depth)))
+    k = {key: coeff.get(key, v) for key, v in REORDER_DEFAULTS.items()}
+    return {"lut": addr * k["lut_per_reorder_addr_bit"],
+            "ff": k["ff_per_reorder"] + addr * k["ff_per_reorder_addr_bit"],
+            "dsp": 0, "bram_bits": depth * int(elem_bits)}
 
 
 def total(costs) -> dict:

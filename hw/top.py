@@ -15,7 +15,8 @@ Engines:
 * ``conv``: sliding-window generator (hw/swg.py), then the MVU;
 * ``maxpool`` / ``avgpool``: hw/pool.py (the average pool's window sum then its requant);
 * ``requant`` (elementwise): hw/requant.py's requantizer, one lane per element of a beat;
-* ``add``: hw/add.py; ``argmax``: hw/argmax.py.
+* ``add``: hw/add.py; ``argmax``: hw/argmax.py;
+* ``reorder`` (DepthToSpace, nearest Resize): hw/reorder.py, one element per beat.
 
 :class:`AcceleratorTop` puts AXI-Stream ports around the graph (DESIGN.md's packing): a
 beat carries ``in_elems`` consecutive input elements, element ``i`` in bits
@@ -38,6 +39,7 @@ from .add import AddSpec
 from .argmax import ArgMaxSpec
 from .fifo import Fork, StreamFIFO, beat_layout, beat_signature
 from .pool import PoolSpec
+from .reorder import ReorderSpec
 from .stream_util import raw_payload
 from .swg import SWGSpec
 from .width import WidthConverter
@@ -94,7 +96,7 @@ class EngineSpec:
         self.in_frame = _prod(in_shape)
         self.out_frame = _prod(out_shape)
         channels_in = in_shape[-1]
-        self.swg = self.mvu = self.pool = self.requant = self.add = self.argmax = None
+        self.swg = self.mvu = self.pool = self.requant = self.add = self.argmax = self.reorder = None
         self.mid_elems = None
         self.in_fifo_depth = 0
         kind = self.kind
@@ -163,6 +165,16 @@ class EngineSpec:
             self.in_elems = adopt(self.in_frame)
             self.argmax = ArgMaxSpec(self.in_type, self.in_frame, self.in_elems, self.out_type.bits)
             self.out_elems = 1
+        elif kind == "reorder":
+            if self.out_type != self.in_type:
+                raise ValueError(f"layer '{self.name}': a reorder keeps its input type, but the plan says "
+                                 f"{self.in_type} -> {self.out_type}")
+            self.reorder = ReorderSpec.from_layer(layer, self.in_type)
+            if tuple(self.reorder.in_shape) != tuple(in_shape) or tuple(self.reorder.out_shape) != tuple(out_shape):
+                raise ValueError(f"layer '{self.name}': reorder {self.reorder.in_shape} -> {self.reorder.out_shape} "
+                                 f"differs from the plan's tensors {tuple(in_shape)} -> {tuple(out_shape)}")
+            # The source row, column and channel change from element to element.
+            self.in_elems = self.out_elems = 1
         else:
             raise ValueError(f"layer '{self.name}': unknown layer kind '{kind}'")
 
@@ -197,6 +209,8 @@ class EngineSpec:
             parts.append(self.pool.cycles_per_frame)
         if self.requant is not None:
             parts.append(self.requant.cycles_per_beat * self.out_beats)
+        if self.reorder is not None:
+            parts.append(self.reorder.cycles_per_frame)
         return max(parts)
 
     @property
@@ -215,6 +229,8 @@ class EngineSpec:
             lat += self.add.latency
         if self.argmax is not None:
             lat += self.in_beats + self.argmax.latency - 1
+        if self.reorder is not None:
+            lat += self.reorder.latency
         return lat
 
     @property
@@ -254,6 +270,9 @@ class EngineSpec:
                         "elems_per_beat": self.swg.simd}
         if self.requant is not None:
             d["requant"] = {"kind": self.requant.kind, "search": self.requant.search}
+        if self.reorder is not None:
+            d["reorder"] = {"op": self.layer.get("op"), "buffer_elems": self.reorder.buffer_elems,
+                            "buffer_bits": self.reorder.buffer_bits}
         return d
 
     def create(self) -> "Engine":
@@ -312,6 +331,11 @@ class Engine(wiring.Component):
             _join(m, am.o, self.o)
             return m
         src = wiring.flipped(self.i)
+        if s.reorder is not None:
+            m.submodules.reorder = ro = s.reorder.create()
+            _join(m, src, ro.i)
+            _join(m, ro.o, self.o)
+            return m
         if s.swg is not None:
             m.submodules.swg = swg = s.swg.create()
             wiring.connect(m, src, swg.i)

@@ -205,9 +205,19 @@ def simulate(project: str | Path, simulator: str = "icarus", frames: int = 100, 
         jobs.append((top, codes.reshape(frames, -1), expected_design(plan, codes), source))
     elif stimulus == "worst":
         first = stim.first_mac_layer(plan)
-        codes = stim.worst_case_codes(plan, first)
-        jobs.append((top, codes.reshape(len(codes), -1), expected_design(plan, codes),
-                     f"worst case of first layer '{first['name']}'"))
+        if first["inputs"][0] == plan.input_name:
+            codes = stim.worst_case_codes(plan, first)
+            jobs.append((top, codes.reshape(len(codes), -1), expected_design(plan, codes),
+                         f"worst case of first layer '{first['name']}'"))
+        else:
+            # A layer without weights (e.g. a reorder) is in front of the first MAC layer, so
+            # its worst case is no input of the design: the design runs on random codes and
+            # every MAC engine, the first included, alone on its worst case.
+            codes = stim.random_codes(plan, frames, seed)
+            jobs.append((top, codes.reshape(frames, -1), expected_design(plan, codes),
+                         f"random codes over the input type (first MAC layer '{first['name']}' does not read "
+                         "the input: its worst case runs on its engine alone)"))
+            first = None
         for layer, d in layer_designs(project, build, plan):
             if layer is first:
                 continue

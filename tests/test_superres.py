@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 import compiler_graphs as cg
 from accumulus.commands.predict import predict
 from accumulus.compiler.compile import CompileOptions, compile_model
+from conftest import require_module
 
 ESPCN = "bsd300x3-espcn"
 
@@ -147,3 +148,98 @@ def test_resize_refusals_name_node_and_attribute(tmp_path, attrs, sc, why):
     with pytest.raises(UserError, match=why) as exc:
         compile_model(cg.save(model, tmp_path / "m.onnx"))
     assert "Resize" in str(exc.value)
+
+
+# -- Brevitas nets exported at test time ---------------------------------------------------------
+# Folding target (cycles per frame) for the Brevitas nets: every conv's SIMD divides its input
+# channels, so the window generators keep up with the MVUs and the hardware meets the plan.
+BREVITAS_TARGET = dict(target_fps=1000, clock_mhz=2.4)   # 2400 cycles per frame
+
+
+def brevitas_superres(kind, path, upscale=2):
+    """An ESPCN-style quantized net, exported to QONNX by Brevitas (``dynamo=False``).
+
+    ``kind="subpixel"``: QuantIdentity(8) -> QuantConv2d 1->8->8->upscale² (3x3, pad 1, W4,
+    QuantReLU(4) between) -> QuantIdentity(8) -> PixelShuffle(upscale) (DepthToSpace).
+    ``kind="resize"``: QuantIdentity(8) -> Upsample(upscale, nearest) (Resize) -> QuantConv2d
+    1->4->1 -> QuantIdentity(8). Input (1, 1, 8, 8). Returns (torch module, onnx model).
+    """
+    import onnx
+    torch = require_module("torch")
+    require_module("brevitas")
+    import brevitas.nn as qnn
+    from brevitas.export import export_qonnx
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0 if kind == "subpixel" else 1)
+
+    def conv(i, o):
+        return qnn.QuantConv2d(i, o, 3, padding=1, weight_bit_width=4, bias=True)
+
+    if kind == "subpixel":
+        net = torch.nn.Sequential(
+            qnn.QuantIdentity(bit_width=8, return_quant_tensor=True),
+            conv(1, 8), qnn.QuantReLU(bit_width=4, return_quant_tensor=True),
+            conv(8, 8), qnn.QuantReLU(bit_width=4, return_quant_tensor=True),
+            conv(8, upscale * upscale), qnn.QuantIdentity(bit_width=8, return_quant_tensor=False),
+            torch.nn.PixelShuffle(upscale))
+    else:
+        net = torch.nn.Sequential(
+            qnn.QuantIdentity(bit_width=8, return_quant_tensor=False),
+            torch.nn.Upsample(scale_factor=upscale, mode="nearest"),
+            conv(1, 4), qnn.QuantReLU(bit_width=4, return_quant_tensor=True),
+            conv(4, 1), qnn.QuantIdentity(bit_width=8, return_quant_tensor=False))
+    net.train()
+    with torch.no_grad():      # calibrate the activation scales
+        for _ in range(4):
+            net(torch.rand(16, 1, 8, 8) * 2 - 1)
+    net.eval()
+    export_qonnx(net, input_t=torch.rand(1, 1, 8, 8), export_path=str(path), dynamo=False)
+    return net, onnx.load(str(path))
+
+
+def _torch_out(net, x):
+    import torch
+    with torch.no_grad():
+        y = net(torch.from_numpy(x))
+    return (y.value if hasattr(y, "value") else y).numpy()
+
+
+@pytest.mark.parametrize("kind", ["subpixel", "resize"])
+def test_brevitas_superres_golden_equals_qonnx_torch_and_hardware(tmp_path, kind):
+    """Golden == qonnx 1.0.0 on every tensor (beyond float ties) and == PyTorch on the output;
+    the whole accelerator in Amaranth's simulator == golden under gaps and stalls."""
+    from accumulus.compiler import golden
+    from accumulus.hw.reorder import ReorderSpec
+    from accumulus.hw.simstream import simulate_top
+    from accumulus.hw.top import GraphSpec
+
+    net, model = brevitas_superres(kind, tmp_path / "m.onnx")
+    ops = [n.op_type for n in model.graph.node]
+    assert ("DepthToSpace" if kind == "subpixel" else "Resize") in ops, ops
+    plan = compile_model(tmp_path / "m.onnx", CompileOptions(**BREVITAS_TARGET))
+    kinds = [l["kind"] for l in plan.layers]
+    (layer,) = [l for l in plan.layers if l["kind"] == "reorder"]
+    if kind == "subpixel":
+        assert kinds == ["conv"] * 3 + ["reorder"]
+        assert layer["op"] == "depth_to_space" and layer["phase"] == [2, 2] and layer["out_shape"] == [16, 16, 1]
+    else:
+        assert kinds == ["reorder", "conv", "conv"]
+        assert layer["op"] == "resize_nearest" and layer["rows"] == [r // 2 for r in range(16)]
+    x = np.random.default_rng(2).uniform(-1, 1, (300, 1, 8, 8)).astype(np.float32)
+    _check_against_qonnx(model, plan, x, min_tensors=3 if kind == "subpixel" else 2)
+    y, _ = predict(plan, x)
+    close = np.isclose(y, _torch_out(net, x), rtol=1e-4, atol=1e-4).mean()
+    assert close >= 0.999, f"only {close:.5f} of the outputs agree with PyTorch"
+
+    # the reorder's two-row buffer is in the folding's cost estimate
+    spec = ReorderSpec.from_layer(layer, plan.tensor_type(layer["inputs"][0]))
+    assert plan.doc["estimate"]["cost"]["bram_bits"] >= spec.buffer_bits > 0
+
+    graph = GraphSpec(plan)
+    assert graph.cycles_per_frame == plan.doc["estimate"]["cycles_per_frame"]
+    codes = golden.quantize_input(plan, x[:3])
+    want = golden.run(plan, codes)[plan.output_name].reshape(3, -1)
+    got, lasts, _ = simulate_top(graph, codes, gap=0.3, stall=0.3, seed=4)
+    np.testing.assert_array_equal(got, want)
+    assert sum(lasts) == 3 and lasts[-1] == 1

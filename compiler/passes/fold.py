@@ -84,6 +84,9 @@ def _cost(ig: IntGraph, choice, coeff):
             tb = rq.get("threshold_bits", 0) if rq else 0
             costs.append(cost_model.mac_layer_cost(p["weight_type"].bits, p["input_type"].bits, p["channels"],
                                                    p["fan_in"], pe, simd, widths, levels, tb, coeff))
+        elif layer.kind is IntKind.REORDER:
+            costs.append(cost_model.reorder_layer_cost(ig.tensors[layer.output].type.bits,
+                                                       layer.params["in_shape"], coeff))
         else:
             costs.append(cost_model.stream_layer_cost(ig.tensors[layer.output].type.bits, coeff))
     return cost_model.total(costs)
