@@ -121,9 +121,11 @@ def load_array(path: str | Path, option: str, plan=None, batch: bool = True, num
         if "allow_pickle" in str(exc):
             raise UserError(f"{_named(option, path)} holds Python objects (dtype object), which are never unpickled; "
                             "save a numeric array") from None
-        raise UserError(f"{_named(option, path)}: not a readable .npy array ({exc}); save it again with numpy.save") from None
+        raise UserError(f"{_named(option, path)}: not a readable .npy array ({exc}); save it again with "
+                        "numpy.save") from None
     except (OSError, EOFError) as exc:
-        raise UserError(f"{_named(option, path)}: not a readable .npy array ({exc}); save it again with numpy.save") from None
+        raise UserError(f"{_named(option, path)}: not a readable .npy array ({exc}); save it again with "
+                        "numpy.save") from None
     if not numeric:
         return x
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):

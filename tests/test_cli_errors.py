@@ -55,6 +55,10 @@ def ws(tmp_path_factory):
         for f in ("plan.json", "plan.npz"):
             (p / f).write_bytes((d / "proj" / f).read_bytes())
         edit(p)
+    (d / "badrtl" / "rtl").mkdir(parents=True)
+    for f in ("plan.json", "plan.npz"):
+        (d / "badrtl" / f).write_bytes((d / "proj" / f).read_bytes())
+    (d / "badrtl" / "rtl" / "build.json").write_text("{")
     (d / "board.json").mkdir()
     (d / "flow.toml").mkdir()
     return d
@@ -121,6 +125,8 @@ CASES = [
     ("report-no-plan", "report {d}/noplan --board icebreaker --estimate-only", "{d}/noplan/plan.json not found"),
     ("report-file-as-project", "report {d}/notes.txt --board icebreaker --estimate-only",
      "{d}/notes.txt is a file, not a project folder"),
+    ("bitstream-bad-build-json", "bitstream {d}/badrtl --board icebreaker", "{d}/badrtl/rtl/build.json: not a readable"),
+    ("sim-bad-build-json", "sim {d}/badrtl", "{d}/badrtl/rtl/build.json is not valid JSON"),
     ("bitstream-missing-project", "bitstream {d}/nothere --board icebreaker", "{d}/nothere: no such project folder"),
     ("widths-plan-json-folder", "widths {d}/plandir", "{d}/plandir/plan.json is a folder"),
     ("export-missing-project", "export {d}/nothere", "{d}/nothere: no such project folder"),

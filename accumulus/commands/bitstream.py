@@ -42,6 +42,15 @@ def run(args) -> int:
         plan.save(project)
         print(f"wrote {project}/plan.json: {note}")
     load_plan(project)
+    build_json = project / "rtl" / "build.json"
+    if build_json.exists():
+        import json
+
+        try:
+            json.loads(build_json.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{build_json}: not a readable build record ({type(exc).__name__}: {exc}); re-run "
+                            f"'accumulus build {project}'") from None
     out = output_dir(args.out or project, "--out" if args.out else "DIR", children=("bitstream",))
     make_bitstream(project, load_board(args.board), out=out if args.out else None, policy=policy)
     return 0
