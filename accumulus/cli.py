@@ -28,8 +28,15 @@ def _command_modules():
     return sorted(mods, key=lambda m: (rank.get(m.NAME, len(ORDER)), m.NAME))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the usage block is what ``--help`` is for."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="accumulus",
         description="Accumulator-aware quantized networks -> verified FPGA accelerators.",
         epilog="Example: accumulus flow --out build/digits   (train, export, compile, build, sim, report)\n"
@@ -71,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # The file system refused a read or write the checks in accumulus.paths could not
+        # foresee (disk full, a file replaced while running, permissions changed).
+        what = f"{exc.filename}: " if exc.filename else ""
+        print(f"accumulus {args.command}: error: {what}{exc.strerror or exc}; check the path, its permissions "
+              "and free space", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -25,14 +25,32 @@ def run(args) -> int:
 
     from accumulus.boards.bitstream import make_bitstream
     from accumulus.boards.boards import load_board
+    from accumulus.errors import UserError
+    from accumulus.hw.top import check_policy
+    from accumulus.paths import load_plan, output_dir
 
     project = Path(args.project)
+    try:
+        policy = check_policy(args.acc_policy)
+    except ValueError as exc:
+        raise UserError(f"--acc-policy: {exc}") from None
     if args.synthetic_preset and not (project / "plan.json").exists():
         from accumulus.boards.presets import preset_plan
 
         plan, note = preset_plan(args.synthetic_preset)
+        output_dir(project, "DIR")
         plan.save(project)
         print(f"wrote {project}/plan.json: {note}")
-    make_bitstream(project, load_board(args.board), out=Path(args.out) if args.out else None,
-                   policy=args.acc_policy)
+    load_plan(project)
+    build_json = project / "rtl" / "build.json"
+    if build_json.exists():
+        import json
+
+        try:
+            json.loads(build_json.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{build_json}: not a readable build record ({type(exc).__name__}: {exc}); re-run "
+                            f"'accumulus build {project}'") from None
+    out = output_dir(args.out or project, "--out" if args.out else "DIR", children=("bitstream",))
+    make_bitstream(project, load_board(args.board), out=out if args.out else None, policy=policy)
     return 0

@@ -27,27 +27,21 @@ def run(args) -> int:
     from pathlib import Path
 
     from accumulus.errors import UserError
+    from accumulus.hw.top import check_policy
+    from accumulus.paths import load_plan, output_dir
 
     project = Path(args.dir)
-    if not (project / "plan.json").exists():
-        raise UserError(
-            f"{project / 'plan.json'} not found: the plan is made by the compile stage; "
-            f"run 'accumulus compile MODEL.onnx --out {project}' first"
-        )
-    from accumulus.compiler.plan import Plan
-    from accumulus.hw.top import check_policy
-
     try:
         policy = check_policy(args.acc_policy)
     except ValueError as exc:
         raise UserError(f"--acc-policy: {exc}") from None
     t0 = time.perf_counter()
-    plan = Plan.load(project)
+    plan = load_plan(project)
+    out = output_dir(args.out or project, "--out" if args.out else "DIR", children=("rtl", "rtl/layers"))
     print(f"accumulus build: {len(plan.layers)} layers from {project / 'plan.json'}, acc-policy {policy}", flush=True)
 
     from accumulus.hw.build import build
 
-    out = Path(args.out) if args.out else project
     try:
         doc = build(plan, out, policy, layers=not args.no_layer_files,
                     progress=lambda msg: print(f"  {msg}", flush=True))

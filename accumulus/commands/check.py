@@ -26,36 +26,38 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     import numpy as np
     import onnx
 
     from accumulus.compiler.compile import CompileOptions, compile_model
     from accumulus.compiler.frontend.load import parse_binds
-    from accumulus.compiler.plan import Plan
     from accumulus.compiler.verify import calibration_batch, compare
     from accumulus.errors import UserError
+    from accumulus.paths import check_binds, input_file, load_array, load_plan
 
+    if not args.input and args.samples <= 0:
+        raise UserError(f"--samples {args.samples}: must be positive")
+    check_binds(args.bind)
     binds = parse_binds(args.bind)
-    plan = Plan.load(args.plan) if args.plan else compile_model(args.model, CompileOptions(
+    plan = load_plan(args.plan, "--plan") if args.plan else compile_model(args.model, CompileOptions(
         binds=binds, input_type=args.input_type, input_scale=args.input_scale))
     if args.input:
-        try:
-            x = np.load(args.input, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise UserError(f"--input {args.input}: not a readable .npy array ({exc})") from None
-        if x.ndim == 0 or x.shape[0] == 0 or not np.issubdtype(x.dtype, np.number):
-            raise UserError(f"--input {args.input}: expected a non-empty numeric array, batch first "
-                            f"(got shape {x.shape}, dtype {x.dtype})")
-        want = tuple(plan.doc["input"].get("onnx_shape") or ())[1:]
-        if want and tuple(x.shape[1:]) != want:
-            raise UserError(f"--input {args.input}: shape {x.shape}, the model expects (B, {', '.join(map(str, want))})")
+        x = load_array(args.input, "--input", plan)
         if np.issubdtype(x.dtype, np.floating):
             x = x.astype(np.float32)
     else:
-        if args.samples <= 0:
-            raise UserError(f"--samples {args.samples}: must be positive")
         x = calibration_batch(plan, args.samples)
-    model = onnx.load(args.model)
+    model_path = Path(args.model)
+    if model_path.is_dir() and (model_path / "model.onnx").is_file():
+        model_path = model_path / "model.onnx"   # a project folder, as compile accepts it
+    input_file(model_path, "MODEL.onnx", "an ONNX model")
+    try:
+        model = onnx.load(str(model_path))
+    except Exception as exc:  # protobuf raises assorted errors on a truncated or foreign file
+        raise UserError(f"{model_path}: not a readable ONNX model ({type(exc).__name__}); pass the .onnx the "
+                        "plan was compiled from") from None
     ver = compare(plan, model, x, binds)
     print(f"golden model vs {ver.reference} on {ver.samples} inputs")
     width = max([len(t.tensor) for t in ver.tensors] + [6])

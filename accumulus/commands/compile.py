@@ -68,10 +68,9 @@ def verify(plan, args, binds) -> dict:
     import sys
     import time
 
-    import numpy as np
-
     from accumulus.compiler.verify import verify_plan
     from accumulus.errors import UserError
+    from accumulus.paths import load_array
 
     if args.no_verify:
         print("accumulus compile: warning: --no-verify: the golden model was not checked against a reference "
@@ -79,15 +78,7 @@ def verify(plan, args, binds) -> dict:
         return {"skipped": True, "reason": "--no-verify"}
     if args.calib_size < 0:
         raise UserError(f"--calib-size {args.calib_size}: must be >= 0")
-    x = None
-    if args.calib:
-        try:
-            x = np.load(args.calib, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise UserError(f"--calib {args.calib}: not a readable .npy array ({exc})") from None
-        if x.ndim == 0 or x.shape[0] == 0 or not np.issubdtype(x.dtype, np.number):
-            raise UserError(f"--calib {args.calib}: expected a non-empty numeric array, batch first "
-                            f"(got shape {x.shape}, dtype {x.dtype})")
+    x = load_array(args.calib, "--calib", plan) if args.calib else None
     if args.calib_size == 0 and x is None:
         raise UserError("--calib-size 0 without --calib leaves nothing to verify on; use --no-verify to skip")
     t0 = time.perf_counter()
@@ -108,13 +99,21 @@ def verify(plan, args, binds) -> dict:
 
 
 def run(args) -> int:
+    import math
     import sys
     from pathlib import Path
 
     from accumulus.compiler.compile import CompileOptions, compile_model
     from accumulus.compiler.frontend.load import parse_binds
     from accumulus.compiler.report import width_table
+    from accumulus.errors import UserError
+    from accumulus.paths import check_binds, output_dir
 
+    output_dir(args.out, "--out", create=False)  # nothing is written unless the plan verifies
+    for option, value in (("--target-fps", args.target_fps), ("--clock-mhz", args.clock_mhz)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UserError(f"{option} {value}: must be a positive number")
+    check_binds(args.bind)
     budget, family, msg = board_budget(args.board)
     if msg:
         print(f"accumulus compile: warning: {msg}", file=sys.stderr)

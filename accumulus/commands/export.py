@@ -24,10 +24,16 @@ def run(args) -> int:
 
     from accumulus.quant.data import load_dataset
     from accumulus.quant.export import export_model, verify_onnx
+    from accumulus.paths import output_dir, project_dir
     from accumulus.quant.train import HISTORY, load_checkpoint, set_threads
 
     set_threads(args.threads)
     src = Path(args.dir)
+    if src.is_file() and src.suffix == ".pt":
+        src = src.parent     # DIR/model.pt named directly
+    else:
+        project_dir(src, "DIR", needs="model.pt", made_by=f"train first with 'accumulus train --out {src}'")
+    out = output_dir(args.out or src, "--out" if args.out else "DIR")
     model, cfg, _ = load_checkpoint(src)
     accuracy, seed = None, 0
     hist = src / HISTORY
@@ -38,7 +44,7 @@ def run(args) -> int:
         except (ValueError, TypeError):
             pass  # train.json is informative only; the export does not depend on it
     ds = load_dataset(cfg.dataset, seed=seed)
-    path = export_model(model, cfg, Path(args.out or src), torch.from_numpy(ds.x_test[:8]), accuracy, fmt=args.format)
+    path = export_model(model, cfg, out, torch.from_numpy(ds.x_test[:8]), accuracy, fmt=args.format)
     print(f"wrote {path}")
     if args.format == "qonnx":
         for node, w in verify_onnx(path).items():

@@ -22,8 +22,14 @@ def add_arguments(p):
 
 def run(args) -> int:
     from accumulus import flow
+    from accumulus.paths import input_file, output_dir
 
+    if args.config:
+        input_file(args.config, "--config", "TOML file")
+    if args.model:
+        input_file(args.model, "--model", "ONNX model")
     config = flow.load_config(args.config)
+    output_dir(args.out, "--out")
     flow.run(config, out=args.out, model=args.model, from_stage=args.from_stage,
              to_stage=args.to_stage, force=args.force)
     print(flow.summary(args.out))

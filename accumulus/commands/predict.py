@@ -32,22 +32,17 @@ def predict(plan, x):
 
 
 def run(args) -> int:
-    from pathlib import Path
-
     import numpy as np
 
-    from accumulus.compiler.plan import Plan
-    from accumulus.errors import UserError
+    from accumulus.paths import load_array, load_plan, output_file
 
-    plan = Plan.load(args.project)
-    try:
-        x = np.load(args.input, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise UserError(f"--input {args.input}: not a readable .npy array ({exc})") from None
+    plan = load_plan(args.project)
+    output = output_file(args.output, "--output", ".npy")
+    codes = output_file(args.codes, "--codes", ".npz") if args.codes else None
+    x = load_array(args.input, "--input", plan)
     y, env = predict(plan, x)
-    np.save(args.output, y)
-    if args.codes:
-        np.savez_compressed(args.codes, **{k: v for k, v in env.items()})
-    print(f"wrote {args.output} {tuple(y.shape)} {y.dtype}" + (f" and {args.codes} ({len(env)} tensors)" if args.codes else ""))
-    del Path
+    np.save(output, y)
+    if codes:
+        np.savez_compressed(codes, **{k: v for k, v in env.items()})
+    print(f"wrote {output} {tuple(y.shape)} {y.dtype}" + (f" and {codes} ({len(env)} tensors)" if codes else ""))
     return 0

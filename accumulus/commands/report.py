@@ -39,24 +39,27 @@ def run(args) -> int:
     from accumulus.boards.boards import load_board
     from accumulus.boards.report import run_report
     from accumulus.errors import UserError
+    from accumulus.paths import load_plan, output_dir
 
     board = load_board(args.board)
     project = Path(args.project)
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     note = None
     if args.synthetic_preset:
         from accumulus.boards.presets import preset_plan
 
         plan, note = preset_plan(args.synthetic_preset)
+        output_dir(project, "DIR")
         if (project / "plan.json").exists():
             raise UserError(f"{project}/plan.json exists; --synthetic-preset only fills an empty project folder")
         plan.save(project)
         print(f"wrote {project}/plan.json: {note}")
-    elif (project / "plan.json").exists():
-        from accumulus.compiler.plan import Plan
-
-        opts = Plan.load(project).doc.get("options", {})
-        if opts.get("synthetic"):
-            note = f"synthetic plan ({Plan.load(project).doc['source']['model']})"
+    else:
+        doc = load_plan(project).doc
+        if doc.get("options", {}).get("synthetic"):
+            note = f"synthetic plan ({doc['source']['model']})"
+    output_dir(args.out or project, "--out" if args.out else "DIR", children=("reports",))
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
     if variants and any(v not in ("lut", "dsp") for v in variants):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 NAME = "sim"
 HELP = "Co-simulate DIR/rtl (cocotb: Icarus or Verilator) against the golden model, bit-exact"
@@ -46,6 +47,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from accumulus.errors import UserError
+    from accumulus.paths import load_array, load_plan, output_dir
+
+    load_plan(args.dir)   # one clear line for a missing or unreadable project before cocotb starts
+    if args.frames < 1:
+        raise UserError(f"--frames must be >= 1, got {args.frames}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if args.measure_frames < 0:
+        raise UserError(f"--measure-frames must be >= 0 (0 skips the cycles-per-frame measurement), "
+                        f"got {args.measure_frames}")
+    if args.stimulus not in ("test", "worst"):
+        if not args.stimulus.endswith(".npy") and not Path(args.stimulus).exists():
+            raise UserError(f"--stimulus {args.stimulus}: expected test, worst or the path of an .npy of inputs")
+        load_array(args.stimulus, "--stimulus")   # the layout is checked against the plan by the simulation
+    output_dir(args.out or args.dir, "--out" if args.out else "DIR", children=("sim",))
     from accumulus.sim.cosim import simulate
 
     r = simulate(args.dir, simulator=args.simulator, frames=args.frames, seed=args.seed,

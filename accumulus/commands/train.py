@@ -57,10 +57,32 @@ _MODEL_KEYS = {"model": "model", "dataset": "dataset", "quant": "quant", "weight
                "constrain_first": "constrain_first", "highway_bits": "highway_bits"}
 
 
-def run(args) -> int:
+def _check_dataset_file(name: str) -> None:
+    """A user's dataset must be an .npz archive (numpy.savez); say so before torch starts."""
     from pathlib import Path
 
     from accumulus.errors import UserError
+    from accumulus.paths import ZIP_MAGIC, NPY_MAGIC
+
+    path = Path(name)
+    if path.is_dir():
+        raise UserError(f"--dataset {path} is a folder; pass digits, mnist5k or the path of an .npz with arrays "
+                        "x and y")
+    if not path.is_file():
+        return  # load_dataset names the choices for an unknown name or a missing file
+    with open(path, "rb") as f:
+        head = f.read(len(NPY_MAGIC))
+    if head.startswith(ZIP_MAGIC):
+        return
+    kind = "a single .npy array" if head == NPY_MAGIC else "not an .npz archive"
+    raise UserError(f"--dataset {path} is {kind}; save the data with numpy.savez(path, x=..., y=...)")
+
+
+def run(args) -> int:
+    import math
+
+    from accumulus.errors import UserError
+    from accumulus.paths import output_dir
     from accumulus.quant.data import DATASETS, load_dataset
     from accumulus.quant.models import make_config, preset
     from accumulus.quant.train import TrainOptions, set_threads, train
@@ -74,6 +96,15 @@ def run(args) -> int:
                         float_baseline=not args.no_float_baseline, limit=args.limit, progress=not args.quiet)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1 (rows of each split), got {args.limit}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UserError(f"--lr must be a positive number, got {args.lr}")
+    if "dataset" in chosen and chosen["dataset"] not in DATASETS:
+        _check_dataset_file(chosen["dataset"])
+    out = output_dir(args.out, "--out", create=False)  # train() creates it once the options are valid
     dataset = None
     if not args.preset:
         chosen.setdefault("model", "mlp")
@@ -84,7 +115,6 @@ def run(args) -> int:
         chosen.update(dataset_shape=dataset.image_shape, num_classes=dataset.num_classes,
                       dataset_iq=dataset.input_quant)
     cfg = preset(args.preset, **chosen) if args.preset else make_config(**chosen)
-    out = Path(args.out)
     model, result = train(cfg, out, opts, dataset=dataset)
     line = f"test accuracy {result['test_accuracy']:.4f}"
     if "float_test_accuracy" in result:

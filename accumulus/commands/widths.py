@@ -18,15 +18,18 @@ def add_arguments(p):
 def run(args) -> int:
     from pathlib import Path
 
-    from accumulus.compiler.plan import Plan
+    from accumulus.paths import load_plan
     from accumulus.compiler.report import width_table
 
     src = Path(args.source)
     if src.is_dir() and (src / "plan.json").exists() or src.suffix == ".json":
-        plan = Plan.load(src)
+        plan = load_plan(src, "DIR")
     else:
         from accumulus.compiler.compile import CompileOptions, compile_model
         from accumulus.compiler.frontend.load import parse_binds
+        from accumulus.paths import check_binds
+
+        check_binds(args.bind)
         plan = compile_model(src, CompileOptions(binds=parse_binds(args.bind)))
     print(width_table(plan))
     return 0
