@@ -131,7 +131,7 @@ def test_cli_train_unreadable_checkpoint(tmp_path, capsys):
     code, out = _cli(capsys, "export", str(tmp_path))
     assert code == 2 and "checkpoint" in out.err and "Traceback" not in out.err
     code, out = _cli(capsys, "export", str(tmp_path / "nothing-here"))
-    assert code == 2 and "does not exist" in out.err
+    assert code == 2 and "no such project" in out.err and "nothing-here" in out.err
 
 
 def test_cli_train_tiny_npz(tmp_path, capsys):
