@@ -53,3 +53,22 @@ def test_cnn_plan_structure(tmp_path):
                 assert (t[c] >= lo - 1).all() and (t[c] <= hi + 1).all()
                 d = np.diff(t[c])
                 assert (d <= 0).all() if desc[c] else (d >= 0).all()
+
+
+@pytest.mark.parametrize("max_pes", [None, 4, 12, 40, 200])
+def test_conv_folding_is_one_the_window_generator_delivers(tmp_path, max_pes):
+    """Every conv's SIMD is a beat width hw/swg.py produces directly (it divides the input
+    channels, or is whole pixels of the window): otherwise the generator would feed
+    gcd(SIMD, C) elements per beat and the hardware would run slower than the plan says."""
+    from accumulus.compiler.compile import CompileOptions
+    from accumulus.compiler.types import IntType
+    from accumulus.hw.swg import SWGSpec
+
+    plan = compile_model(cg.save(cg.cnn(seed=3, residual=True), tmp_path / "m.onnx"), CompileOptions(max_pes=max_pes))
+    convs = [l for l in plan.layers if l["kind"] == "conv"]
+    assert convs
+    for l in convs:
+        c, simd = l["conv"]["in_shape"][2], l["folding"]["simd"]
+        spec = SWGSpec(l["conv"]["in_shape"], l["conv"]["kernel"], l["conv"]["stride"], l["conv"]["pads"],
+                       pad_value=0, elem=IntType(8, True), simd=simd)
+        assert spec.word_elems * spec.lanes == simd, (l["name"], c, simd)

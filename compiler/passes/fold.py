@@ -38,12 +38,27 @@ def _pixels(layer) -> int:
     return 1 if conv is None else conv["out_shape"][0] * conv["out_shape"][1]
 
 
+def _simd_options(layer) -> list[int]:
+    """SIMD values the layer's input stream can deliver at one beat per cycle. A conv's
+    sliding-window generator (hw/swg.py) emits SIMD elements per beat only when SIMD divides
+    the input channels C or is a whole number of pixels (a multiple of C dividing the window);
+    any other divisor of the fan-in would be fed at gcd(SIMD, C) per beat, slower than the
+    cycle model says, so it is not offered."""
+    K = layer.params["fan_in"]
+    conv = layer.params.get("conv")
+    if conv is None:
+        return _divisors(K)
+    c = conv["in_shape"][2]
+    window = conv["kernel"][0] * conv["kernel"][1]
+    return [s for s in _divisors(K) if c % s == 0 or (s % c == 0 and window % (s // c) == 0)]
+
+
 def _choose(layer, target: float) -> tuple[int, int]:
     N, K = layer.params["channels"], layer.params["fan_in"]
     pix = _pixels(layer)
     best = None
     for pe in _divisors(N):
-        for simd in _divisors(K):
+        for simd in _simd_options(layer):
             cyc = (N // pe) * (K // simd) * pix
             if cyc <= target:
                 key = (pe * simd, -simd)
