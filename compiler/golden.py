@@ -86,6 +86,9 @@ def quantize_input(plan: Plan, x: np.ndarray) -> np.ndarray:
     for op in spec.get("pre") or ():   # the graph's float ops before its quantizer, in float32 order
         v = np.float32(op["value"])
         x = (x * v if op["op"] == "Mul" else x / v if op["op"] == "Div" else x + v).astype(np.float32)
+    if spec.get("bipolar"):
+        # qonnx BipolarQuant: +1 where x >= 0, else -1 (NaN -> -1), the scale plays no part
+        return codes_to_stream(plan, np.where(x >= 0, 1, -1).astype(np.int64))
     if spec.get("qlinear"):
         # ONNX QuantizeLinear rounds before adding the zero point (differs on ties when zp is odd)
         q = round_float(x / scale, "ROUND") + zp

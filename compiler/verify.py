@@ -144,6 +144,12 @@ def _with_outputs(model, names, batch):
         if t and t not in have and t not in inits:
             m.graph.output.append(helper.make_empty_tensor_value_info(t))
             have.add(t)
+    for n in m.graph.node:
+        for a in n.attribute:
+            # Brevitas exports ROUND_TO_ZERO (torch.trunc), a name qonnx 1.0.0's
+            # resolve_rounding_mode does not know; its DOWN is np.fix, the same function
+            if a.name == "rounding_mode" and a.s.upper() == b"ROUND_TO_ZERO":
+                a.s = b"DOWN"
     declared = {o.domain for o in m.opset_import}
     for d in sorted({n.domain for n in m.graph.node if n.domain} - declared):
         m.opset_import.append(helper.make_opsetid(d, 1))

@@ -165,6 +165,10 @@ def compare_codes(model, plan, env, ctx, tie_tol=1e-4):
         node = _producer(model, l["onnx_tensor"])
         if node is not None:
             mode_of[l["name"]] = next((a.s.decode() for a in node.attribute if a.name == "rounding_mode"), "ROUND")
+            bits = _init(model, node.input[3]) if node.op_type == "Quant" and len(node.input) > 3 else None
+            signed = next((a.i for a in node.attribute if a.name == "signed"), 1)
+            if node.op_type == "BipolarQuant" or (bits is not None and int(np.ravel(bits)[0]) == 1 and signed):
+                mode_of[l["name"]] = "SIGN"      # steps where x / s (+ z) crosses 0
         if node is not None and node.op_type in ("QuantizeLinear", "QLinearMatMul", "QLinearConv", "MultiThreshold"):
             if node.op_type == "MultiThreshold":
                 a = node.attribute
@@ -184,7 +188,12 @@ def compare_codes(model, plan, env, ctx, tie_tol=1e-4):
             if b in first_diff:
                 continue
             pre = None
-            if node is not None and node.op_type in ("Quant", "QuantizeLinear"):
+            if node is not None and node.op_type == "BipolarQuant":
+                src = ctx[node.input[0]]
+                s = float(np.ravel(ctx.get(node.input[1], _init(model, node.input[1])))[0])
+                y = to_stream(src.astype(np.float64) / s, pshape).reshape(v.shape[0], -1)
+                pre = y[b, bad[b]]
+            elif node is not None and node.op_type in ("Quant", "QuantizeLinear"):
                 src = ctx[node.input[0]]
                 s = float(np.ravel(ctx.get(node.input[1], _init(model, node.input[1])))[0])
                 z = float(np.ravel(ctx.get(node.input[2], _init(model, node.input[2])) if len(node.input) > 2
@@ -207,6 +216,8 @@ def _near_boundary(pre, mode, tol):
     """A pre-rounding value within ``tol`` of where ``mode`` changes its result: half-integers
     for the rounding-to-nearest modes, integers for FLOOR / CEIL / toward or away from zero."""
     pre = np.asarray(pre, dtype=np.float64)
+    if mode.upper() == "SIGN":           # BipolarQuant, 1-bit signed Quant: x >= 0 -> +1
+        return np.abs(pre) < tol
     if mode.upper() in ("FLOOR", "CEIL", "ROUND_TO_ZERO", "DOWN", "UP"):
         return np.abs(pre - np.round(pre)) < tol
     return np.abs(np.abs(pre - np.floor(pre)) - 0.5) < tol

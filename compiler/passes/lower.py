@@ -423,15 +423,30 @@ class _Lowering:
     def op_bipolarquant(self, node):
         x = self.env[node.inputs[0]]
         s = np.asarray(self.const_of(node, node.inputs[1], "scale"), dtype=np.float32)
+        if not np.all(np.isfinite(s)) or np.any(s == 0):
+            # e.g. Brevitas' 1-bit narrow signed quantizer: max / (2^0 - 1) = inf
+            self.err(node, f"scale must be nonzero and finite, got {np.ravel(s)[:4].tolist()}; "
+                           "a 1-bit narrow-range signed quantizer has no codes, export it without narrow_range")
         if isinstance(x, (Const, QConst)):
             q = np.where(np.asarray(x.value) >= 0, 1, -1).astype(np.int64)
             return QConst(q, s, np.zeros(1, np.float32), IntType(2, True, True), (q * s).astype(np.float32))
         if isinstance(x, Raw):
-            self.err(node, "a bipolar input quantizer is not supported; quantize the input with Quant")
+            return self.bipolar_input(node, x, s)
         sc = self.per_channel(node, x, s, "scale")
         C = len(sc)
         q = Quantizer("bipolar", IntType(2, True, True), 2, (Affine(sc, (Fraction(0),) * C),))
         return self.requant(node, x, q)
+
+    def bipolar_input(self, node, x: Raw, s) -> Val:
+        """BipolarQuant on the graph input (FINN BNN-PYNQ style): code +1 where the raw float
+        input (after any float ops before it) is >= 0, else -1, exactly as qonnx's
+        ``binary_quant`` executes it (the scale only dequantizes). The codes are a 2-bit
+        signed narrow type; the golden input step reads ``input.bipolar``."""
+        if x.chain:
+            self.err(node, "a ReLU/Clip before the bipolar input quantizer makes every code +1; remove it")
+        v = self.input_quant(node, x, s, np.zeros((), np.float32), IntType(2, True, True), "ROUND")
+        self.input_spec["bipolar"] = True
+        return v
 
     def op_trunc(self, node):
         x = self.env[node.inputs[0]]
