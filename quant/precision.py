@@ -269,6 +269,7 @@ def _float64_copy(model: nn.Module) -> nn.Module:
 
     m = copy.deepcopy(model).double()
     m.eval()
+    m.requires_grad_(False)   # torch.func differentiates the tensors it is given, nothing else
     return m
 
 
