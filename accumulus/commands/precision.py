@@ -36,6 +36,8 @@ def run(args) -> int:
     if args.samples is not None and args.samples < 1:
         raise UserError(f"--samples must be >= 1, got {args.samples}")
     src = Path(args.dir)
+    if src.exists() and not src.is_dir():
+        raise UserError(f"{src} is a file; pass the project folder that holds model.pt (from 'accumulus train --quant float')")
     if not src.is_dir():
         raise UserError(f"project folder {src} does not exist; train one with "
                         f"'accumulus train --quant float --out {src}'")
