@@ -174,7 +174,7 @@ class AdderGraph:
         levels = self._level
         self.max_level = max(levels[k:], default=0)
         if register_every == 0:
-            self.stage = [1 if n >= k else 1 for n in range(len(levels))]
+            self.stage = [1] * len(levels)
             self.stages = 1
         else:
             self.stage = [max(1, math.ceil(l / register_every)) for l in levels]
