@@ -1,0 +1,663 @@
+"""Constant-weight matrix-vector engine: one whole input vector per beat in, one output
+vector per beat out, every output channel an adder graph over the canonical-signed-digit
+(CSD) terms of its integer weights.
+
+The weights are constants of the circuit, so a zero weight, a zero digit, an all-zero
+channel and an input no channel reads generate no hardware, a power of two is a wire, and
+every other weight costs (digits - 1) adders, fewer where common subexpressions are
+shared. This is the constant-matrix-vector (CMVM) structure of hls4ml's latency strategy
+and of da4ml (Sun et al., "da4ml: Distributed Arithmetic for Real-time Neural Networks on
+FPGAs", 2025); accumulus adds that every adder is exactly as wide as the range of its own
+partial sum over the input type's code range, so the accumulator-aware training's bound
+(A2Q, A2Q+) becomes a bound on adder digits and adder bits.
+
+Interface (the one of :class:`accumulus.hw.mvu.MVUSpec`, so a top can build either)
+------------------------------------------------------------------------------------
+``spec = ConstMVSpec(plan, layer, acc_policy="exact", register_every=2, cse=True)``
+    ``layer``: a ``matvec`` (or ``conv``, groups 1, fed im2col windows) layer dict.
+
+* ``in_elems`` = K (fan-in: the whole vector in one beat), ``in_width``, ``in_signed``;
+* ``out_elems`` = N (all channels in one beat, natural order), ``out_width``,
+  ``out_signed``: the requant's ``out_type``, or with ``requant`` None the plan type of the
+  layer output (accumulators sign-extended to it);
+* ``fold_in = fold_out = 1``, ``beat_interval = cycles_per_frame = 1``;
+* ``latency``: cycles from an input handshake to that vector's output being valid (input
+  every cycle, no stall): ``pipeline_depth`` (the adder graph and its output register)
+  plus the requantizer's latency;
+* ``acc_bits``: per channel, the width of its accumulator register under the policy
+  (``exact``: the plan's exact width); ``tree_bits``: per adder of the graph its width;
+  ``threshold_bits``: per channel, as the requantizer stores them;
+* ``accumulators(x)``: the numpy model of the adder graph, node by node at each node's
+  width; ``compute(x)``: then the requant; equal to ``compiler.golden`` under ``exact``,
+  ``datatype`` and ``fixed:K``;
+* ``report()``: the graph's size (adders, adder bits, register bits, pipeline depth,
+  nonzero weights, CSD digits per channel);
+* ``create()`` -> :class:`ConstMV`, ports ``i``: ``In(stream.Signature(unsigned(K *
+  in_width)))`` (element ``k`` in bits ``[k*in_width, (k+1)*in_width)``) and ``o``:
+  ``Out(stream.Signature(unsigned(N * out_width)))`` (channel ``c`` in bits
+  ``[c*out_width, (c+1)*out_width)``).
+
+Both streams follow ``amaranth.lib.stream`` rules; as in the MVU, one enable moves every
+pipeline register at once and drops when the output register is full and not taken, so a
+stall holds the pipeline and no vector is lost or duplicated.
+
+Inside
+------
+1. CSD digits of every weight (the non-adjacent form: fewest nonzero digits).
+2. Optional sharing (``cse=True``): a greedy two-term common-subexpression elimination
+   across channels, the first stage of da4ml and of Hcub-style algorithms (Voronenko and
+   Püschel, "Multiplierless multiple constant multiplication", 2007): the signed digit
+   pair ``±x_i·2^a ± x_j·2^b`` that occurs most often over all channels (by relative
+   shift and sign) becomes one adder, its occurrences are replaced by the new term, and
+   this repeats while some pair occurs at least twice.
+3. Per channel an adder tree over its remaining terms, combining the two operands of
+   lowest adder level first (a minimum-depth tree). Identical adders are built once.
+   Negative terms become subtractions; only a channel whose every term is negative ends
+   in a negation.
+4. Widths: every node's value is a linear form ``Σ_k c_k·x_k`` of the inputs with integer
+   coefficients ``c_k``; its exact range over independent inputs in ``[min, max]`` is
+   ``[Σ min(c_k·min, c_k·max), Σ max(...)]`` (each end is reached by an input vector, so
+   the width is neither too small nor larger than needed), and it is built at the
+   smallest two's-complement width holding that range. Common low zero bits are shifts
+   (wires), never adder bits.
+5. Pipeline: adder level ``l`` (inputs are level 0) is computed in stage ``ceil(l / L)``
+   for ``L = register_every``; a value used in a later stage passes through one register
+   per stage boundary; every channel's result enters its accumulator register at the end
+   of the last stage. ``L = 0``: one combinational graph and the output register.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+from amaranth.hdl import Cat, Const, Module, Signal, signed
+from amaranth.hdl import unsigned as unsigned_shape
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from accumulus.compiler.accumulators import exact_bits
+from accumulus.compiler.plan import Plan
+from accumulus.compiler.types import IntType, signed_bits
+
+from .mvu import parse_acc_policy
+from .requant import RequantSpec
+from .rom import check_int, lanes_fit
+
+__all__ = ["csd_digits", "AdderGraph", "ConstMVSpec", "ConstMV"]
+
+
+def csd_digits(value: int) -> list[tuple[int, int]]:
+    """Canonical signed digits of an integer: ``[(shift, ±1), ...]`` with
+    ``value = Σ d·2^shift``, no two adjacent shifts nonzero (the non-adjacent form, which
+    has the fewest nonzero digits of any signed-digit representation)."""
+    v = int(value)
+    out, s = [], 0
+    while v:
+        if v & 1:
+            d = 2 - (v & 3)          # +1 when v = 1 (mod 4), -1 when v = 3 (mod 4)
+            out.append((s, d))
+            v -= d
+        v >>= 1
+        s += 1
+    return out
+
+
+def _wrap64(v: np.ndarray, bits: int) -> np.ndarray:
+    """Two's-complement wrap of an int64 array to ``bits`` <= 62."""
+    half = np.int64(1) << np.int64(bits - 1)
+    return ((v + half) & (2 * half - 1)) - half
+
+
+class AdderGraph:
+    """Shift-and-add graph computing ``y = W @ x`` for a constant integer matrix.
+
+    Nodes ``0 .. K-1`` are the inputs; node ``K + a`` is adder ``a``, whose value is
+    ``Σ sign·(value(node) << shift)`` over its one (a negation) or two operands
+    ``adders[a]["ops"]`` = ``[(node, shift, sign), ...]``. Channel ``c``'s result is
+    ``value(outputs[c][0]) << outputs[c][1]``, or 0 when ``outputs[c]`` is None.
+
+    Parameters
+    ----------
+    weights : int array (N, K)
+    input_type : IntType
+    cse : bool
+        Greedy two-term sharing across channels (module docstring, step 2).
+    register_every : int
+        Adder levels per pipeline stage; 0: one combinational stage.
+    """
+
+    def __init__(self, weights, input_type: IntType, cse: bool = True, register_every: int = 2):
+        w = np.asarray(weights)
+        if w.ndim != 2 or not np.issubdtype(w.dtype, np.integer):
+            raise ValueError(f"weights must be an integer (channels, fan_in) array, got {w.dtype} {w.shape}")
+        if not isinstance(input_type, IntType):
+            raise TypeError(f"input_type must be an IntType, got {input_type!r}")
+        if isinstance(register_every, bool) or not isinstance(register_every, int) or register_every < 0:
+            raise ValueError(f"register_every must be an int >= 0, got {register_every!r}")
+        self.weights = w.astype(np.int64)
+        self.channels, self.fan_in = w.shape
+        self.input_type = input_type
+        self.cse = bool(cse)
+        self.register_every = register_every
+        self.adders: list[dict] = []
+        self._memo: dict[tuple, int] = {}
+        k = self.fan_in
+        # coefficient vectors (linear forms over the inputs) of every node
+        self._coeff: list[np.ndarray] = [np.eye(1, k, i, dtype=np.int64)[0] for i in range(k)]
+        self._level: list[int] = [0] * k
+
+        # 1. CSD terms per channel: {(node, shift): sign}
+        terms = [{(i, s): d for i in range(k) if self.weights[c, i] for s, d in csd_digits(self.weights[c, i])}
+                 for c in range(self.channels)]
+        self.csd_per_channel = [len(t) for t in terms]
+        self.nonzero_per_channel = [int(np.count_nonzero(self.weights[c])) for c in range(self.channels)]
+        # 2. sharing
+        self.shared = 0
+        if self.cse:
+            self._share(terms)
+        # 3. trees
+        self.outputs: list[tuple[int, int] | None] = [self._tree(t) for t in terms]
+        # 4. widths: the exact range of every node's linear form
+        lo_in, hi_in = input_type.min, input_type.max
+        self.node_lo, self.node_hi, self.node_bits = [], [], []
+        for c in self._coeff:
+            a, b = c * lo_in, c * hi_in
+            lo, hi = int(np.minimum(a, b).sum()), int(np.maximum(a, b).sum())
+            self.node_lo.append(lo)
+            self.node_hi.append(hi)
+            self.node_bits.append(signed_bits(lo, hi))
+        got = self.channel_values_coeff()
+        if not np.array_equal(got, self.weights):
+            raise AssertionError("adder graph does not compute W @ x (internal error)")
+        # 5. stages
+        levels = self._level
+        self.max_level = max(levels[k:], default=0)
+        if register_every == 0:
+            self.stage = [1] * len(levels)
+            self.stages = 1
+        else:
+            self.stage = [max(1, math.ceil(l / register_every)) for l in levels]
+            self.stages = max(1, math.ceil(self.max_level / register_every))
+
+    # -- construction ------------------------------------------------------------------------
+    def _adder(self, ops) -> int:
+        """The node computing ``Σ sign·(node << shift)`` (built once per operand tuple)."""
+        key = tuple(sorted(ops))
+        if key in self._memo:
+            return self._memo[key]
+        node = self.fan_in + len(self.adders)
+        coeff = np.zeros(self.fan_in, dtype=np.int64)
+        for n, s, g in key:
+            coeff += g * (self._coeff[n] << s)
+        self._coeff.append(coeff)
+        self._level.append(1 + max(self._level[n] for n, _, _ in key))
+        self.adders.append({"node": node, "ops": list(key)})
+        self._memo[key] = node
+        return node
+
+    def _pair(self, t1, t2):
+        """Pattern key, new-node operands and replacement (shift, sign) of two terms."""
+        (n1, s1, g1), (n2, s2, g2) = sorted([t1, t2])
+        d, g = s2 - s1, g1 * g2
+        ops = [(n1, 0, 1), (n2, d, g)] if d >= 0 else [(n1, -d, 1), (n2, 0, g)]
+        return (n1, n2, d, g), ops, min(s1, s2), g1
+
+    def _share(self, terms):
+        # occ[key][c]: occurrences (overlapping) of pattern key in channel c
+        occ: dict[tuple, dict[int, int]] = {}
+        total: dict[tuple, int] = {}
+        heap: list = []
+
+        def bump(key, c, by):
+            per = occ.setdefault(key, {})
+            per[c] = per.get(c, 0) + by
+            if not per[c]:
+                del per[c]
+            total[key] = total.get(key, 0) + by
+            if by > 0:
+                heapq.heappush(heap, (-total[key], key))
+
+        def touch(c, term, by):
+            n, s = term
+            for other, g in terms[c].items():
+                if other != term:
+                    bump(self._pair((n, s, terms[c][term]), (other[0], other[1], g))[0], c, by)
+
+        for c, t in enumerate(terms):
+            items = [(n, s, g) for (n, s), g in t.items()]
+            for a in range(len(items)):
+                for b in range(a + 1, len(items)):
+                    bump(self._pair(items[a], items[b])[0], c, 1)
+        while heap:
+            negc, key = heapq.heappop(heap)
+            if total.get(key, 0) != -negc:
+                continue                                 # stale entry
+            if -negc < 2:
+                break
+            n1, n2, d, g = key
+            node = None
+            for c in sorted(occ.get(key, {})):
+                t = terms[c]
+                for (n, s) in sorted(list(t)):
+                    if n != n1 or (n, s) not in t or (n2, s + d) not in t or (n2, s + d) == (n, s):
+                        continue
+                    g1, g2 = t[(n, s)], t[(n2, s + d)]
+                    if g1 * g2 != g:
+                        continue
+                    _, ops, shift, sign = self._pair((n, s, g1), (n2, s + d, g2))
+                    if node is None:
+                        node = self._adder(ops)
+                        self.shared += 1
+                    for term in ((n, s), (n2, s + d)):
+                        touch(c, term, -1)
+                        del t[term]
+                    t[(node, shift)] = sign
+                    touch(c, (node, shift), +1)
+
+    def _tree(self, terms: dict) -> tuple[int, int] | None:
+        """Minimum-depth tree over ``terms``; returns (node, shift) of a positive result."""
+        if not terms:
+            return None
+        heap = [(self._level[n], n, s, g) for (n, s), g in terms.items()]
+        heapq.heapify(heap)
+        while len(heap) > 1:
+            la, na, sa, ga = heapq.heappop(heap)
+            lb, nb, sb, gb = heapq.heappop(heap)
+            m = min(sa, sb)
+            if ga == gb:       # a + b, or -(a + b)
+                ops, sign = [(na, sa - m, 1), (nb, sb - m, 1)], ga
+            else:              # the positive one minus the negative one
+                ops, sign = [(na, sa - m, ga), (nb, sb - m, gb)], 1
+            node = self._adder(ops)
+            heapq.heappush(heap, (self._level[node], node, m, sign))
+        _, n, s, g = heap[0]
+        if g < 0:
+            n = self._adder([(n, 0, -1)])
+        return n, s
+
+    # -- queries -----------------------------------------------------------------------------
+    def channel_values_coeff(self) -> np.ndarray:
+        """``(N, K)`` coefficients of every channel's result (must equal the weights)."""
+        out = np.zeros((self.channels, self.fan_in), dtype=np.int64)
+        for c, o in enumerate(self.outputs):
+            if o is not None:
+                out[c] = self._coeff[o[0]] << o[1]
+        return out
+
+    def coeff(self, node: int) -> np.ndarray:
+        return self._coeff[node].copy()
+
+    def level(self, node: int) -> int:
+        return self._level[node]
+
+    @property
+    def used_inputs(self) -> list[int]:
+        used = {n for a in self.adders for n, _, _ in a["ops"] if n < self.fan_in}
+        used |= {o[0] for o in self.outputs if o is not None and o[0] < self.fan_in}
+        return sorted(used)
+
+    def consumers(self) -> dict[int, list[tuple[int, int]]]:
+        """node -> [(consumer node or -1-channel, shift)]."""
+        out: dict[int, list] = {}
+        for a in self.adders:
+            for n, s, _ in a["ops"]:
+                out.setdefault(n, []).append((a["node"], s))
+        for c, o in enumerate(self.outputs):
+            if o is not None:
+                out.setdefault(o[0], []).append((-1 - c, o[1]))
+        return out
+
+
+class ConstMVSpec:
+    """Parameters, widths, timing and numpy model of a constant-weight engine (see the
+    module docstring for the interface).
+
+    Parameters
+    ----------
+    plan : Plan
+    layer : dict
+        A ``matvec`` layer (or a ``conv`` layer with groups 1, fed im2col windows).
+    acc_policy : str
+        ``exact`` (every adder at its exact width), ``datatype`` / ``fixed:K`` (every adder
+        and accumulator at that width, as FINN and hls4ml type the reduction), or
+        ``exact-minus:D`` (each accumulator D bits below exact and every adder capped at
+        what its consumers keep: deliberately wraps).
+    register_every : int
+        Adder levels per pipeline stage (0: combinational graph + output register).
+    cse : bool
+        Share two-term subexpressions across channels.
+    threshold_search : str
+        Threshold requant form; a one-vector-per-cycle engine needs ``parallel``
+        (``auto`` picks it).
+    """
+
+    def __init__(self, plan: Plan, layer: dict, acc_policy: str = "exact", register_every: int = 2,
+                 cse: bool = True, threshold_search: str = "auto"):
+        if not isinstance(plan, Plan):
+            raise TypeError(f"plan must be an accumulus.compiler.plan.Plan, got {type(plan).__name__}")
+        if not isinstance(layer, dict) or "name" not in layer:
+            raise TypeError(f"layer must be a plan layer dict, got {layer!r}")
+        name = self.name = layer["name"]
+        if layer.get("kind") not in ("matvec", "conv"):
+            raise ValueError(f"layer '{name}': kind must be 'matvec' or 'conv', got {layer.get('kind')!r}")
+        conv = layer.get("conv")
+        if conv is not None and conv.get("groups", 1) != 1:
+            raise ValueError(f"layer '{name}': groups={conv['groups']} is not supported by the constant-weight "
+                             "engine (groups must be 1)")
+        if isinstance(register_every, bool) or not isinstance(register_every, int) or register_every < 0:
+            raise ValueError(f"layer '{name}': register_every must be an int >= 0, got {register_every!r}")
+        self.plan, self.layer = plan, layer
+        self.policy, policy_arg = parse_acc_policy(acc_policy)
+        self.acc_policy = acc_policy
+        self.register_every = register_every
+
+        w = np.asarray(plan.array(layer["weight"]))
+        if not np.issubdtype(w.dtype, np.integer):
+            raise TypeError(f"layer '{name}': weights must be integers, got dtype {w.dtype}")
+        self.weight_type = IntType.from_json(layer["weight_type"])
+        self.input_type = IntType.from_json(layer["input_type"])
+        n, k = check_int("channels", layer["channels"]), check_int("fan_in", layer["fan_in"])
+        if w.shape != (n, k):
+            raise ValueError(f"layer '{name}': weight shape {w.shape} is not (channels={n}, fan_in={k})")
+        if not lanes_fit(w, self.weight_type.bits, self.weight_type.signed):
+            raise ValueError(f"layer '{name}': weights span [{w.min()}, {w.max()}], outside weight_type {self.weight_type}")
+        self.weights = w.astype(np.int64)
+        self.channels, self.fan_in = n, k
+
+        self.graph = g = AdderGraph(self.weights, self.input_type, cse=cse, register_every=register_every)
+
+        # -- widths under the policy --------------------------------------------------------
+        exact = [int(b) for b in exact_bits(self.weights, self.input_type)]
+        self.exact_bits = exact
+        plan_exact = layer.get("acc", {}).get("bits", {}).get("exact")
+        if plan_exact is not None and [int(b) for b in plan_exact] != exact:
+            raise ValueError(f"layer '{name}': acc.bits.exact in the plan differs from the weights' exact widths; "
+                             "re-run 'accumulus compile'")
+        if self.policy == "exact":
+            acc_bits = list(exact)
+        elif self.policy == "datatype":
+            acc_bits = [int(layer["acc"]["bits"]["datatype"])] * n
+        elif self.policy == "fixed":
+            acc_bits = [policy_arg] * n
+            if policy_arg < max(exact):
+                raise ValueError(
+                    f"layer '{name}': acc_policy {acc_policy!r} is narrower than the exact width {max(exact)}; "
+                    "use exact-minus:D to build a deliberately wrapping design")
+        else:
+            acc_bits = [b - policy_arg for b in exact]
+            if min(acc_bits) < 1:
+                raise ValueError(f"layer '{name}': acc_policy {acc_policy!r} leaves a channel under 1 bit")
+        if self.policy in ("datatype", "fixed") and acc_bits[0] < max(exact):
+            raise ValueError(f"layer '{name}': datatype width {acc_bits[0]} is below the exact width {max(exact)}")
+        if max(acc_bits) > 62:
+            raise ValueError(f"layer '{name}': accumulator width {max(acc_bits)} > 62 is not supported")
+        self.acc_bits = acc_bits
+        self.bits = self._node_widths()
+        self.tree_bits = [self.bits[a["node"]] for a in g.adders]
+
+        # -- output ---------------------------------------------------------------------------
+        if layer.get("requant") is not None:
+            self.requant = RequantSpec(plan, layer["requant"], n, acc_bits, None, threshold_search,
+                                       beat_interval=1, name=name)
+            if self.requant.channels != n:
+                raise ValueError(f"layer '{name}': requant has {self.requant.channels} channels, layer has {n}")
+            self.out_type = self.requant.out_type
+            self.threshold_bits = self.requant.threshold_bits
+        else:
+            self.requant = None
+            self.out_type = plan.tensor_type(layer["output"])
+            self.threshold_bits = []
+            # the accumulators' values lie in their exact range whatever the policy builds
+            if self.out_type.bits < max(exact) or not self.out_type.signed:
+                raise ValueError(f"layer '{name}': output type {self.out_type} cannot hold the accumulators "
+                                 f"({max(exact)}-bit signed)")
+        self.channel_order = np.arange(n)
+        self.direct_order = True
+
+    def _node_widths(self) -> list[int]:
+        """Built width of every node (inputs: their two's-complement width)."""
+        g = self.graph
+        k = g.fan_in
+        exact = list(g.node_bits)
+        if self.policy == "exact":
+            return exact
+        if self.policy in ("datatype", "fixed"):
+            return exact[:k] + [max(b, self.acc_bits[0]) for b in exact[k:]]
+        # exact-minus: a node need not be wider than what its widest consumer keeps of it
+        # (two's-complement sums are exact modulo 2^width), never wider than exact
+        need = [0] * len(exact)
+        for c, o in enumerate(g.outputs):
+            if o is not None:
+                need[o[0]] = max(need[o[0]], self.acc_bits[c] - o[1])
+        for a in reversed(g.adders):
+            me = a["node"]
+            width = max(1, min(exact[me], need[me]))
+            need[me] = width
+            for n, s, _ in a["ops"]:
+                need[n] = max(need[n], width - s)
+        return exact[:k] + [need[a["node"]] for a in g.adders]
+
+    # -- interface properties ---------------------------------------------------------------
+    in_elems = property(lambda self: self.fan_in)
+    out_elems = property(lambda self: self.channels)
+    fold_in = fold_out = 1
+    beat_interval = 1
+    pe = property(lambda self: self.channels)
+    simd = property(lambda self: self.fan_in)
+
+    @property
+    def in_width(self) -> int:
+        return self.input_type.bits
+
+    @property
+    def in_signed(self) -> bool:
+        return self.input_type.signed
+
+    @property
+    def out_width(self) -> int:
+        return self.out_type.bits
+
+    @property
+    def out_signed(self) -> bool:
+        return self.out_type.signed
+
+    @property
+    def cycles_per_frame(self) -> int:
+        return max(1, 1 if self.requant is None else self.requant.cycles_per_beat)
+
+    @property
+    def pipeline_depth(self) -> int:
+        """Registers from the input to the accumulators (the last is the output register)."""
+        return self.graph.stages
+
+    @property
+    def requant_latency(self) -> int:
+        return 0 if self.requant is None else self.requant.latency
+
+    @property
+    def latency(self) -> int:
+        return self.pipeline_depth + self.requant_latency
+
+    @property
+    def macs_per_cycle(self) -> int:
+        return self.channels * self.fan_in
+
+    # -- model -------------------------------------------------------------------------------
+    def _check_x(self, x) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.fan_in:
+            raise ValueError(f"layer '{self.name}': x must be (B, fan_in={self.fan_in}), got shape {x.shape}")
+        if not lanes_fit(x, self.input_type.bits, self.input_type.signed):
+            raise ValueError(f"layer '{self.name}': x leaves input_type {self.input_type}")
+        return x.astype(np.int64)
+
+    def node_values(self, x) -> list[np.ndarray]:
+        """Value of every node of the graph for ``(B, K)`` inputs, each wrapped at its built width."""
+        x = self._check_x(x)
+        g = self.graph
+        vals = [x[:, i] for i in range(g.fan_in)]
+        for a in g.adders:
+            v = np.zeros(x.shape[0], dtype=np.int64)
+            for n, s, sign in a["ops"]:
+                v = v + sign * (vals[n] << np.int64(s))
+            vals.append(_wrap64(v, self.bits[a["node"]]))
+        return vals
+
+    def accumulators(self, x) -> np.ndarray:
+        """``(B, N)`` accumulators: the adder graph evaluated node by node as built."""
+        vals = self.node_values(x)
+        b = vals[0].shape[0] if vals else np.asarray(x).shape[0]
+        acc = np.zeros((b, self.channels), dtype=np.int64)
+        for c, o in enumerate(self.graph.outputs):
+            if o is not None:
+                acc[:, c] = _wrap64(vals[o[0]] << np.int64(o[1]), self.acc_bits[c])
+        return acc
+
+    def compute(self, x) -> np.ndarray:
+        """``(B, K)`` input codes -> ``(B, N)`` outputs in natural channel order."""
+        acc = self.accumulators(x)
+        return acc if self.requant is None else self.requant.compute(acc)
+
+    model = compute
+
+    def report(self) -> dict:
+        """Size of the adder graph (JSON-able)."""
+        g = self.graph
+        k = g.fan_in
+        regs = sum(self.bits[n] * d for n, d in self._delays().items())
+        acc_regs = sum(b for c, b in enumerate(self.acc_bits) if g.outputs[c] is not None)
+        return {
+            "engine": "const",
+            "adders": len(g.adders),
+            "adder_bits": int(sum(self.tree_bits)),
+            "negations": sum(1 for a in g.adders if len(a["ops"]) == 1),
+            "shared_subexpressions": g.shared,
+            "adder_levels": g.max_level,
+            "register_every": self.register_every,
+            "pipeline_depth": self.pipeline_depth,
+            "pipeline_register_bits": int(regs),
+            "acc_register_bits": int(acc_regs),
+            "nonzero_weights": int(sum(g.nonzero_per_channel)),
+            "csd_digits": int(sum(g.csd_per_channel)),
+            "nonzero_weights_per_channel": g.nonzero_per_channel,
+            "csd_digits_per_channel": g.csd_per_channel,
+            "zero_channels": [c for c, o in enumerate(g.outputs) if o is None],
+            "unused_inputs": sorted(set(range(k)) - set(g.used_inputs)),
+            "acc_bits": list(self.acc_bits),
+            "acc_policy": self.acc_policy,
+        }
+
+    def _delays(self) -> dict[int, int]:
+        """node -> number of pipeline registers its value passes through (excluding the
+        accumulator register): from its own stage to its latest consumer's."""
+        g = self.graph
+        latest: dict[int, int] = {}
+        for a in g.adders:
+            st = g.stage[a["node"]]
+            for n, _, _ in a["ops"]:
+                latest[n] = max(latest.get(n, 0), st)
+        for o in g.outputs:
+            if o is not None:
+                latest[o[0]] = max(latest.get(o[0], 0), g.stages)
+        return {n: t - g.stage[n] for n, t in latest.items() if t > g.stage[n]}
+
+    def create(self) -> "ConstMV":
+        return ConstMV(self)
+
+
+class ConstMV(wiring.Component):
+    """The constant-weight engine (see the module docstring for ports and packing).
+
+    Members
+    -------
+    i : In(stream.Signature(unsigned(in_elems * in_width)))
+    o : Out(stream.Signature(unsigned(out_elems * out_width)))
+    """
+
+    def __init__(self, spec: ConstMVSpec):
+        if not isinstance(spec, ConstMVSpec):
+            raise TypeError(f"spec must be a ConstMVSpec, got {spec!r}")
+        self.spec = spec
+        super().__init__({
+            "i": In(stream.Signature(unsigned_shape(spec.in_elems * spec.in_width))),
+            "o": Out(stream.Signature(unsigned_shape(spec.out_elems * spec.out_width))),
+        })
+
+    def elaborate(self, platform):
+        spec, g = self.spec, self.spec.graph
+        m = Module()
+        k, depth = g.fan_in, g.stages
+
+        acc_valid, acc_ready, en = Signal(), Signal(), Signal()
+        m.d.comb += [en.eq(~acc_valid | acc_ready), self.i.ready.eq(en)]
+        valid = self.i.valid
+        for t in range(1, depth + 1):
+            v = Signal(name=f"valid{t}")
+            with m.If(en):
+                m.d.sync += v.eq(valid)
+            valid = v
+        m.d.comb += acc_valid.eq(valid)
+
+        # value[(node, stage)]: the node's value as seen in that stage
+        value: dict[tuple[int, int], object] = {}
+        iw = spec.in_width
+        for i in g.used_inputs:
+            # unsigned inputs are zero-extended into signed, so every node is signed
+            x = Signal(signed(spec.bits[i]), name=f"x{i}")
+            field = self.i.payload[i * iw:(i + 1) * iw]
+            m.d.comb += x.eq(field.as_signed() if spec.in_signed else field)
+            value[(i, 1)] = x
+
+        def at(node, t):
+            if (node, t) not in value:
+                prev = at(node, t - 1)
+                r = Signal(signed(spec.bits[node]), name=f"n{node}_s{t}")
+                with m.If(en):
+                    m.d.sync += r.eq(prev)
+                value[(node, t)] = r
+            return value[(node, t)]
+
+        for a in g.adders:
+            node, t = a["node"], g.stage[a["node"]]
+            terms = []
+            for n, s, sign in a["ops"]:
+                op = at(n, t)
+                terms.append((op << s if s else op, sign))
+            if len(terms) == 1:
+                expr = -terms[0][0]
+            else:
+                (ta, ga), (tb, gb) = terms
+                if ga > 0 and gb > 0:
+                    expr = ta + tb
+                elif ga > 0:
+                    expr = ta - tb
+                else:
+                    expr = tb - ta
+            # the exact range fits this width, so the truncation drops only copies of the sign
+            sig = Signal(signed(spec.bits[node]), name=f"n{node}")
+            m.d.comb += sig.eq(expr)
+            value[(node, t)] = sig
+
+        amax = max(spec.acc_bits)
+        acc_payload = Signal(data.ArrayLayout(signed(amax), spec.channels))
+        for c, o in enumerate(g.outputs):
+            if o is None:
+                m.d.comb += acc_payload[c].eq(Const(0, signed(amax)))
+                continue
+            r = Signal(signed(spec.acc_bits[c]), name=f"acc{c}")
+            src = at(o[0], depth)
+            with m.If(en):
+                m.d.sync += r.eq(src << o[1] if o[1] else src)
+            m.d.comb += acc_payload[c].eq(r)                # sign-extends
+
+        ow = spec.out_width
+        if spec.requant is not None:
+            m.submodules.requant = rq = spec.requant.create()
+            m.d.comb += [rq.i.valid.eq(acc_valid), rq.i.payload.eq(acc_payload), acc_ready.eq(rq.i.ready)]
+            wiring.connect(m, rq.o, wiring.flipped(self.o))
+        else:
+            lanes = [Signal(signed(ow), name=f"out{c}") for c in range(spec.channels)]
+            m.d.comb += [lane.eq(acc_payload[c]) for c, lane in enumerate(lanes)]
+            m.d.comb += [self.o.valid.eq(acc_valid), acc_ready.eq(self.o.ready), self.o.payload.eq(Cat(lanes))]
+        return m
