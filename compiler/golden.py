@@ -307,6 +307,12 @@ def onnx_output(plan, env):
             v = val.astype(np.float32)
             e = np.exp(v - v.max(axis=t["axis"], keepdims=True))
             val = e / e.sum(axis=t["axis"], keepdims=True)
+        elif t["op"] == "QuantizeLinear":
+            # ONNX QuantizeLinear in float32: saturate(round_half_even(v / s) + zp)
+            q = np.rint(val.astype(np.float32) / np.float32(t["scale"])) + np.float32(t["zero_point"])
+            val = np.clip(q, t["min"], t["max"])
+        elif t["op"] == "DequantizeLinear":
+            val = ((val.astype(np.float32) - np.float32(t["zero_point"])) * np.float32(t["scale"])).astype(np.float32)
     dtype = np.dtype(out.get("onnx_dtype") or ("float32" if dq is not None else "int64"))
     if np.issubdtype(dtype, np.integer):
         return np.asarray(np.rint(val)).astype(dtype)

@@ -13,7 +13,10 @@ Every ONNX tensor is tracked symbolically as one of
                    layout index (``onnx.flat = plan.flat[idx]``) so that Flatten/Reshape/
                    Transpose/Squeeze/Unsqueeze are pure index bookkeeping, and ``chain``
                    is the per-channel sequence of float ops (affine, ReLU, Clip) applied
-                   since the last quantizer.
+                   since the last quantizer;
+  * ``Tail``    -- the output of a Softmax (not built in hardware) and the float ops after
+                   it (QuantizeLinear/DequantizeLinear, as onnxruntime's quantize_static puts
+                   around it): ``predict`` applies them in float to the plan's output.
 A quantizer on a ``Val`` becomes a requant layer; MatMul/Gemm/Conv become MAC layers.
 """
 from __future__ import annotations
@@ -69,6 +72,16 @@ class Val:
     chain: tuple = ()
 
 
+@dataclass(frozen=True)
+class Tail:
+    val: Val                   # the integer-derived tensor the Softmax reads
+    ops: tuple                 # output.trailing entries after the Softmax, in graph order
+
+
+# ops that may read a Tail (everything else refuses: a Softmax output is float, not codes)
+TAIL_OPS = {Op.QUANTIZE_LINEAR, Op.DEQUANTIZE_LINEAR, Op.IDENTITY, Op.ARGMAX, Op.TOPK}
+
+
 class _Lowering:
     def __init__(self, g: Graph):
         self.g = g
@@ -78,7 +91,6 @@ class _Lowering:
         self.ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}   # per-channel code range
         self.notes: list[str] = list(g.notes)
         self.input_spec: dict | None = None
-        self.trailing: list = []
         self.output_override = None
         self.names: set[str] = set()
         self.consumers: dict[str, list[Node]] = {}
@@ -172,6 +184,10 @@ class _Lowering:
             self.input_spec["declared"] = True
         for node in g.nodes:
             handler = getattr(self, "op_" + node.op.value.lower())
+            tail_in = next((i for i in node.inputs if isinstance(self.env.get(i), Tail)), None)
+            if tail_in is not None and node.op not in TAIL_OPS:
+                self.err(node, f"reads the Softmax output '{tail_in}'; only QuantizeLinear/DequantizeLinear (applied "
+                               "in float by predict) or ArgMax may follow a Softmax, which must end the graph")
             try:
                 outs = handler(node)
             except UserError:
@@ -516,6 +532,8 @@ class _Lowering:
 
     def op_quantizelinear(self, node):
         x = self.env[node.inputs[0]]
+        if isinstance(x, Tail):
+            return self._tail_qdq(node, x, True)
         s = np.asarray(self.const_of(node, node.inputs[1], "scale"), dtype=np.float32)
         if len(node.inputs) > 2 and node.inputs[2]:
             zp = np.asarray(self.const_of(node, node.inputs[2], "zero point"))
@@ -621,6 +639,8 @@ class _Lowering:
 
     def op_dequantizelinear(self, node):
         x = self.env[node.inputs[0]]
+        if isinstance(x, Tail):
+            return self._tail_qdq(node, x, False)
         s = np.asarray(self.const_of(node, node.inputs[1], "scale"), dtype=np.float32)
         zp = (np.asarray(self.const_of(node, node.inputs[2], "zero point"))
               if len(node.inputs) > 2 and node.inputs[2] else np.zeros((), np.int64))
@@ -1184,8 +1204,33 @@ class _Lowering:
     # output ops ------------------------------------------------------------------------------
     def op_softmax(self, node):
         x = self.env[node.inputs[0]]
-        self.trailing.append((node.outputs[0], {"op": "Softmax", "axis": int(node.attr("axis", -1))}))
-        return x
+        if not isinstance(x, Val):
+            self.err(node, "Softmax needs an integer-derived input (a quantized or MAC output)")
+        self.onnx_dtypes[node.outputs[0]] = "float32"
+        return Tail(x, ({"op": "Softmax", "axis": int(node.attr("axis", -1))},))
+
+    def _tail_qdq(self, node, x: Tail, quantize: bool):
+        """QuantizeLinear / DequantizeLinear after a Softmax: float ops for ``predict``, as
+        onnxruntime executes them (float32, ``saturate(round_half_even(v / s) + zp)`` and
+        ``(q - zp) · s``). Only per-tensor parameters: the Softmax axis is the channel axis."""
+        s = np.asarray(self.const_of(node, node.inputs[1], "scale"), dtype=np.float32)
+        if len(node.inputs) > 2 and node.inputs[2]:
+            zp = np.asarray(self.const_of(node, node.inputs[2], "zero point"))
+        else:
+            from onnx import helper
+            od = node.attr("output_dtype", 0) if quantize else 0
+            zp = np.zeros((), helper.tensor_dtype_to_np_dtype(od) if od else np.uint8)
+        if s.size != 1 or zp.size != 1:
+            self.err(node, "per-axis quantization of a Softmax output is not supported; use a per-tensor scale")
+        if quantize:
+            t = _dtype_type(node, zp.dtype, self)
+            spec = {"op": "QuantizeLinear", "scale": float(s.reshape(-1)[0]), "zero_point": int(zp.reshape(-1)[0]),
+                    "min": int(t.min), "max": int(t.max)}
+            self.onnx_dtypes[node.outputs[0]] = str(zp.dtype)
+        else:
+            spec = {"op": "DequantizeLinear", "scale": float(s.reshape(-1)[0]), "zero_point": int(zp.reshape(-1)[0])}
+            self.onnx_dtypes[node.outputs[0]] = "float32"
+        return Tail(x.val, x.ops + (spec,))
 
     def op_argmax(self, node):
         if node.attr("select_last_index", 0):
@@ -1199,12 +1244,19 @@ class _Lowering:
         if not node.attr("largest", 1):
             self.err(node, "largest=0 is not supported")
         x = self.env[node.inputs[0]]
+        if isinstance(x, Tail):
+            self.err(node, "TopK of a Softmax output is not supported; take TopK (k=1) of the logits")
         cls = self._argmax(node, node.attr("axis", -1), True)
         self.topk_values = (node.outputs[0], x)
         return [x, cls]
 
     def _argmax(self, node, axis, keepdims):
         x = self.env[node.inputs[0]]
+        if isinstance(x, Tail):
+            if len(x.ops) > 1:
+                self.err(node, "ArgMax of a quantized Softmax output is not supported (quantizing the "
+                               "probabilities makes ties the logits do not have); take the ArgMax of the logits")
+            x = x.val            # softmax is increasing along its axis: the same index
         if not isinstance(x, Val):
             self.err(node, "needs an integer-derived input")
         if x.idx.ndim != 1 and not (axis in (1, -1) and x.idx.ndim == 1):
@@ -1462,11 +1514,11 @@ class _Lowering:
         g = self.g
         out_name = g.outputs[0]
         v = self.env.get(out_name)
+        trailing = []
+        if isinstance(v, Tail):
+            trailing, v = list(v.ops), v.val
         if not isinstance(v, Val):
             raise UserError(f"{g.source}: graph output '{out_name}' does not depend on the input")
-        trailing = []
-        for t_name, spec in self.trailing:
-            trailing.append(spec)
         kind = "argmax" if self.layers and self.layers[-1].kind is IntKind.ARGMAX and \
             self.layers[-1].output == v.src else "codes"
         C = self.channels(v.src)
