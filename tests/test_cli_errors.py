@@ -66,6 +66,9 @@ def ws(tmp_path_factory):
 
 # (id, argv, text the one error line must contain); {d} is the workspace folder
 CASES = [
+    # precision: a missing project, a mismatch target outside (0, 1)
+    ("precision-missing-dir", "precision {d}/nothing --mismatch 0.01", "project folder {d}/nothing does not exist"),
+    ("precision-bad-mismatch", "precision {d}/proj --mismatch 2", "--mismatch must be in (0, 1), got 2.0"),
     # --out naming an existing file, or below one
     ("train-out-file", "train --out {d}/file.onnx --epochs 1", "--out {d}/file.onnx is a file, not a folder"),
     ("train-out-parent-file", "train --out {d}/file.onnx/sub --epochs 1", "{d}/file.onnx is a file, not a folder"),
@@ -208,7 +211,7 @@ def test_bad_input_is_one_error_line(ws, capsys, argv, expect):
     assert code == 2, f"exit {code}, stderr {err!r}"
     assert len(lines) == 1, f"{len(lines)} lines on stderr: {err!r}"
     command = args[0] if args[0] in {m for m in ("train", "export", "compile", "check", "widths", "predict", "build",
-                                                  "sim", "report", "bitstream", "flow")} else None
+                                                  "sim", "report", "bitstream", "flow", "precision")} else None
     prefix = f"accumulus {command}: error: " if command else "accumulus: error: "
     assert lines[0].startswith(prefix), lines[0]
     assert expect.format(d=ws) in lines[0], lines[0]
