@@ -80,9 +80,7 @@ from accumulus.compiler.accumulators import exact_bits
 from accumulus.compiler.plan import Plan
 from accumulus.compiler.types import IntType, signed_bits
 
-from .mvu import parse_acc_policy
-from .requant import RequantSpec
-from .rom import check_int, lanes_fit
+from .mvu import MacLayerSpec
 
 __all__ = ["csd_digits", "AdderGraph", "ConstMVSpec", "ConstMV"]
 
@@ -309,7 +307,7 @@ class AdderGraph:
         return out
 
 
-class ConstMVSpec:
+class ConstMVSpec(MacLayerSpec):
     """Parameters, widths, timing and numpy model of a constant-weight engine (see the
     module docstring for the interface).
 
@@ -332,38 +330,15 @@ class ConstMVSpec:
         (``auto`` picks it).
     """
 
+    ENGINE = "constant-weight engine"
+
     def __init__(self, plan: Plan, layer: dict, acc_policy: str = "exact", register_every: int = 2,
                  cse: bool = True, threshold_search: str = "auto"):
-        if not isinstance(plan, Plan):
-            raise TypeError(f"plan must be an accumulus.compiler.plan.Plan, got {type(plan).__name__}")
-        if not isinstance(layer, dict) or "name" not in layer:
-            raise TypeError(f"layer must be a plan layer dict, got {layer!r}")
-        name = self.name = layer["name"]
-        if layer.get("kind") not in ("matvec", "conv"):
-            raise ValueError(f"layer '{name}': kind must be 'matvec' or 'conv', got {layer.get('kind')!r}")
-        conv = layer.get("conv")
-        if conv is not None and conv.get("groups", 1) != 1:
-            raise ValueError(f"layer '{name}': groups={conv['groups']} is not supported by the constant-weight "
-                             "engine (groups must be 1)")
+        policy_arg = self._load_layer(plan, layer, acc_policy)
+        name, n = self.name, self.channels
         if isinstance(register_every, bool) or not isinstance(register_every, int) or register_every < 0:
             raise ValueError(f"layer '{name}': register_every must be an int >= 0, got {register_every!r}")
-        self.plan, self.layer = plan, layer
-        self.policy, policy_arg = parse_acc_policy(acc_policy)
-        self.acc_policy = acc_policy
         self.register_every = register_every
-
-        w = np.asarray(plan.array(layer["weight"]))
-        if not np.issubdtype(w.dtype, np.integer):
-            raise TypeError(f"layer '{name}': weights must be integers, got dtype {w.dtype}")
-        self.weight_type = IntType.from_json(layer["weight_type"])
-        self.input_type = IntType.from_json(layer["input_type"])
-        n, k = check_int("channels", layer["channels"]), check_int("fan_in", layer["fan_in"])
-        if w.shape != (n, k):
-            raise ValueError(f"layer '{name}': weight shape {w.shape} is not (channels={n}, fan_in={k})")
-        if not lanes_fit(w, self.weight_type.bits, self.weight_type.signed):
-            raise ValueError(f"layer '{name}': weights span [{w.min()}, {w.max()}], outside weight_type {self.weight_type}")
-        self.weights = w.astype(np.int64)
-        self.channels, self.fan_in = n, k
 
         self.graph = g = AdderGraph(self.weights, self.input_type, cse=cse, register_every=register_every)
 
@@ -397,21 +372,7 @@ class ConstMVSpec:
         self.tree_bits = [self.bits[a["node"]] for a in g.adders]
 
         # -- output ---------------------------------------------------------------------------
-        if layer.get("requant") is not None:
-            self.requant = RequantSpec(plan, layer["requant"], n, acc_bits, None, threshold_search,
-                                       beat_interval=1, name=name)
-            if self.requant.channels != n:
-                raise ValueError(f"layer '{name}': requant has {self.requant.channels} channels, layer has {n}")
-            self.out_type = self.requant.out_type
-            self.threshold_bits = self.requant.threshold_bits
-        else:
-            self.requant = None
-            self.out_type = plan.tensor_type(layer["output"])
-            self.threshold_bits = []
-            # the accumulators' values lie in their exact range whatever the policy builds
-            if self.out_type.bits < max(exact) or not self.out_type.signed:
-                raise ValueError(f"layer '{name}': output type {self.out_type} cannot hold the accumulators "
-                                 f"({max(exact)}-bit signed)")
+        self._setup_output(n, None, 1, threshold_search, max(exact))
         self.channel_order = np.arange(n)
         self.direct_order = True
 
@@ -447,22 +408,6 @@ class ConstMVSpec:
     simd = property(lambda self: self.fan_in)
 
     @property
-    def in_width(self) -> int:
-        return self.input_type.bits
-
-    @property
-    def in_signed(self) -> bool:
-        return self.input_type.signed
-
-    @property
-    def out_width(self) -> int:
-        return self.out_type.bits
-
-    @property
-    def out_signed(self) -> bool:
-        return self.out_type.signed
-
-    @property
     def cycles_per_frame(self) -> int:
         return max(1, 1 if self.requant is None else self.requant.cycles_per_beat)
 
@@ -470,10 +415,6 @@ class ConstMVSpec:
     def pipeline_depth(self) -> int:
         """Registers from the input to the accumulators (the last is the output register)."""
         return self.graph.stages
-
-    @property
-    def requant_latency(self) -> int:
-        return 0 if self.requant is None else self.requant.latency
 
     @property
     def latency(self) -> int:
@@ -484,14 +425,6 @@ class ConstMVSpec:
         return self.channels * self.fan_in
 
     # -- model -------------------------------------------------------------------------------
-    def _check_x(self, x) -> np.ndarray:
-        x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != self.fan_in:
-            raise ValueError(f"layer '{self.name}': x must be (B, fan_in={self.fan_in}), got shape {x.shape}")
-        if not lanes_fit(x, self.input_type.bits, self.input_type.signed):
-            raise ValueError(f"layer '{self.name}': x leaves input_type {self.input_type}")
-        return x.astype(np.int64)
-
     def node_values(self, x) -> list[np.ndarray]:
         """Value of every node of the graph for ``(B, K)`` inputs, each wrapped at its built width."""
         x = self._check_x(x)
@@ -514,12 +447,7 @@ class ConstMVSpec:
                 acc[:, c] = _wrap64(vals[o[0]] << np.int64(o[1]), self.acc_bits[c])
         return acc
 
-    def compute(self, x) -> np.ndarray:
-        """``(B, K)`` input codes -> ``(B, N)`` outputs in natural channel order."""
-        acc = self.accumulators(x)
-        return acc if self.requant is None else self.requant.compute(acc)
-
-    model = compute
+    model = MacLayerSpec.compute
 
     def report(self) -> dict:
         """Size of the adder graph (JSON-able)."""

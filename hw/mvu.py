@@ -102,28 +102,17 @@ def parse_acc_policy(policy) -> tuple[str, int | None]:
     raise ValueError(f"acc_policy must be one of {' | '.join(ACC_POLICIES)} (K, D >= 1), got {policy!r}")
 
 
-class MVUSpec:
-    """Parameters, widths, timing and numpy model of one MAC layer's engine (see the module
-    docstring for the interface).
+class MacLayerSpec:
+    """What every engine of a ``matvec``/``conv`` plan layer shares: the layer's checks and
+    integer weights, the output side (requant or raw accumulators) and the stream-type
+    properties. Subclasses: :class:`MVUSpec` (folded ROM engine) and
+    :class:`accumulus.hw.constmv.ConstMVSpec` (constant-weight adder graph)."""
 
-    Parameters
-    ----------
-    plan : Plan
-    layer : dict
-        A ``matvec`` or ``conv`` layer of ``plan``.
-    acc_policy : str
-        ``exact`` (the plan's per-PE exact widths; every adder-tree node at its own exact
-        width), ``datatype`` (hls4ml's width everywhere), ``fixed:K`` (K bits; K below a PE's
-        exact width is an error) or ``exact-minus:D`` (D bits below exact: deliberately
-        wraps, for showing that the exact width is needed).
-    threshold_search : "auto" | "binary" | "parallel"
-        Threshold requant form (:class:`accumulus.hw.requant.RequantSpec`).
-    register_every : int
-        Adder-tree levels per pipeline register (:class:`accumulus.hw.systolic.ArraySpec`).
-    """
+    ENGINE = "engine"
 
-    def __init__(self, plan: Plan, layer: dict, acc_policy: str = "exact", threshold_search: str = "auto",
-                 register_every: int = 2):
+    def _load_layer(self, plan: Plan, layer: dict, acc_policy: str):
+        """Checks ``layer`` and sets name, plan, layer, policy, weights, types, channels, fan_in.
+        Returns the policy's argument (K of fixed:K, D of exact-minus:D)."""
         if not isinstance(plan, Plan):
             raise TypeError(f"plan must be an accumulus.compiler.plan.Plan, got {type(plan).__name__}")
         if not isinstance(layer, dict) or "name" not in layer:
@@ -149,7 +138,93 @@ class MVUSpec:
         self.channels, self.fan_in = n, k
         conv = layer.get("conv")
         if conv is not None and conv.get("groups", 1) != 1:
-            raise ValueError(f"layer '{name}': groups={conv['groups']} is not supported by the MVU (groups must be 1)")
+            raise ValueError(f"layer '{name}': groups={conv['groups']} is not supported by the {self.ENGINE} "
+                             "(groups must be 1)")
+        return policy_arg
+
+    def _setup_output(self, lanes: int, order, beat_interval: int, threshold_search: str, exact_max: int):
+        """``requant`` (its lanes, channel order and beat interval), ``out_type``, ``threshold_bits``."""
+        layer, name = self.layer, self.name
+        if layer.get("requant") is not None:
+            self.requant = RequantSpec(self.plan, layer["requant"], lanes, self.acc_bits, order, threshold_search,
+                                       beat_interval=beat_interval, name=name)
+            if self.requant.channels != self.channels:
+                raise ValueError(f"layer '{name}': requant has {self.requant.channels} channels, "
+                                 f"layer has {self.channels}")
+            self.out_type = self.requant.out_type
+            self.threshold_bits = self.requant.threshold_bits
+        else:
+            self.requant = None
+            self.out_type = self.plan.tensor_type(layer["output"])
+            self.threshold_bits = []
+            # the accumulators' values lie in their exact range whatever the policy builds
+            if self.out_type.bits < exact_max or not self.out_type.signed:
+                raise ValueError(f"layer '{name}': output type {self.out_type} cannot hold the accumulators "
+                                 f"({exact_max}-bit signed)")
+
+    # -- interface properties ---------------------------------------------------------------
+    @property
+    def in_width(self) -> int:
+        return self.input_type.bits
+
+    @property
+    def in_signed(self) -> bool:
+        return self.input_type.signed
+
+    @property
+    def out_width(self) -> int:
+        return self.out_type.bits
+
+    @property
+    def out_signed(self) -> bool:
+        return self.out_type.signed
+
+    @property
+    def requant_latency(self) -> int:
+        return 0 if self.requant is None else self.requant.latency
+
+    # -- model -------------------------------------------------------------------------------
+    def _check_x(self, x) -> np.ndarray:
+        """``(B, fan_in)`` input codes inside ``input_type``, as int64."""
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.fan_in:
+            raise ValueError(f"layer '{self.name}': x must be (B, fan_in={self.fan_in}), got shape {x.shape}")
+        if not lanes_fit(x, self.input_type.bits, self.input_type.signed):
+            raise ValueError(f"layer '{self.name}': x leaves input_type {self.input_type}")
+        return x.astype(np.int64)
+
+    def compute(self, x) -> np.ndarray:
+        """``(B, K)`` input codes -> ``(B, N)`` outputs in natural channel order."""
+        acc = self.accumulators(x)
+        return acc if self.requant is None else self.requant.compute(acc)
+
+
+class MVUSpec(MacLayerSpec):
+    """Parameters, widths, timing and numpy model of one MAC layer's engine (see the module
+    docstring for the interface).
+
+    Parameters
+    ----------
+    plan : Plan
+    layer : dict
+        A ``matvec`` or ``conv`` layer of ``plan``.
+    acc_policy : str
+        ``exact`` (the plan's per-PE exact widths; every adder-tree node at its own exact
+        width), ``datatype`` (hls4ml's width everywhere), ``fixed:K`` (K bits; K below a PE's
+        exact width is an error) or ``exact-minus:D`` (D bits below exact: deliberately
+        wraps, for showing that the exact width is needed).
+    threshold_search : "auto" | "binary" | "parallel"
+        Threshold requant form (:class:`accumulus.hw.requant.RequantSpec`).
+    register_every : int
+        Adder-tree levels per pipeline register (:class:`accumulus.hw.systolic.ArraySpec`).
+    """
+
+    ENGINE = "MVU"
+
+    def __init__(self, plan: Plan, layer: dict, acc_policy: str = "exact", threshold_search: str = "auto",
+                 register_every: int = 2):
+        policy_arg = self._load_layer(plan, layer, acc_policy)
+        name, n, k = self.name, self.channels, self.fan_in
 
         fold = layer["folding"]
         self.pe = check_int(f"layer '{name}' folding.pe", fold["pe"])
@@ -212,20 +287,7 @@ class MVUSpec:
                                     sum_len=self.fold_in, tree_bits=tree, register_every=register_every)
 
         # -- output ------------------------------------------------------------------------
-        if layer.get("requant") is not None:
-            self.requant = RequantSpec(plan, layer["requant"], self.pe, acc_bits, order, threshold_search,
-                                       beat_interval=self.fold_in, name=name)
-            if self.requant.channels != n:
-                raise ValueError(f"layer '{name}': requant has {self.requant.channels} channels, layer has {n}")
-            self.out_type = self.requant.out_type
-            self.threshold_bits = self.requant.threshold_bits
-        else:
-            self.requant = None
-            self.out_type = plan.tensor_type(layer["output"])
-            self.threshold_bits = []
-            if self.out_type.bits < max(self.exact_pe_bits) or not self.out_type.signed:
-                raise ValueError(f"layer '{name}': output type {self.out_type} cannot hold the accumulators "
-                                 f"({max(self.exact_pe_bits)}-bit signed)")
+        self._setup_output(self.pe, order, self.fold_in, threshold_search, max(self.exact_pe_bits))
         self.direct_order = all(
             sorted(order[f * self.pe:(f + 1) * self.pe].tolist()) == list(range(f * self.pe, (f + 1) * self.pe))
             for f in range(self.fold_out))
@@ -233,22 +295,6 @@ class MVUSpec:
     # -- interface properties ---------------------------------------------------------------
     in_elems = property(lambda self: self.simd)
     out_elems = property(lambda self: self.pe)
-
-    @property
-    def in_width(self) -> int:
-        return self.input_type.bits
-
-    @property
-    def in_signed(self) -> bool:
-        return self.input_type.signed
-
-    @property
-    def out_width(self) -> int:
-        return self.out_type.bits
-
-    @property
-    def out_signed(self) -> bool:
-        return self.out_type.signed
 
     @property
     def beat_interval(self) -> int:
@@ -259,10 +305,6 @@ class MVUSpec:
     @property
     def cycles_per_frame(self) -> int:
         return self.fold_out * self.beat_interval
-
-    @property
-    def requant_latency(self) -> int:
-        return 0 if self.requant is None else self.requant.latency
 
     @property
     def latency(self) -> int:
@@ -281,21 +323,11 @@ class MVUSpec:
     # -- model -------------------------------------------------------------------------------
     def accumulators(self, x) -> np.ndarray:
         """``(B, N)`` accumulators as built: exact sums, wrapped to each PE's width."""
-        x = np.asarray(x)
-        if x.ndim != 2 or x.shape[1] != self.fan_in:
-            raise ValueError(f"layer '{self.name}': x must be (B, fan_in={self.fan_in}), got shape {x.shape}")
-        if not lanes_fit(x, self.input_type.bits, self.input_type.signed):
-            raise ValueError(f"layer '{self.name}': x leaves input_type {self.input_type}")
-        acc = x.astype(np.int64) @ self.weights.T
+        acc = self._check_x(x) @ self.weights.T
         bits = np.empty(self.channels, dtype=np.int64)
         for p in range(self.pe):
             bits[self.channel_order[p::self.pe]] = self.acc_bits[p]
         return np.asarray(wrap(acc, np.broadcast_to(bits, acc.shape)), dtype=np.int64)
-
-    def compute(self, x) -> np.ndarray:
-        """``(B, K)`` input codes -> ``(B, N)`` outputs in natural channel order."""
-        acc = self.accumulators(x)
-        return acc if self.requant is None else self.requant.compute(acc)
 
     def create(self) -> "MVU":
         return MVU(self)
