@@ -223,6 +223,19 @@ def _near_boundary(pre, mode, tol):
     return np.abs(np.abs(pre - np.floor(pre)) - 0.5) < tol
 
 
+def assert_every_requantized_tensor_ties_only(model, plan, env, ctx, tie_tol=1e-4):
+    """compare_codes over the whole plan: every requantized tensor of the plan is compared (none
+    silently missing), the comparison lines are printed, and every sample that differs anywhere
+    differs first by a proven float tie of the reference. Returns (stats, lines)."""
+    stats, lines, all_ties = compare_codes(model, plan, env, ctx, tie_tol=tie_tol)
+    requantized = {l["name"] for l in plan.layers if l.get("requant") is not None and l.get("onnx_tensor")}
+    assert requantized and set(stats) == requantized, (sorted(stats), sorted(requantized))
+    for line in lines:
+        print(line)
+    assert all_ties, "\n".join(lines)
+    return stats, lines
+
+
 def assert_codes_agree(model, plan, env, ctx, y, ref, min_tensors=1, min_match=0.999, tie_tol=1e-4):
     """Golden codes equal the reference's on >= ``min_match`` of every requantized tensor,
     each difference is a float tie in the reference, and top-1 agrees on >= ``min_match``."""
