@@ -43,6 +43,18 @@ def _pow2_above(v):
     return 2.0 ** (math.floor(math.log2(v)) + 1)
 
 
+def _weight_perturber(m, xt, w):
+    """``perturb(j, e)``: the model's output on ``xt`` with element ``j`` of weight ``w`` moved by ``e``."""
+    def perturb(j, e):
+        flat = w.data.view(-1)
+        old = float(flat[j])
+        flat[j] = old + e
+        out = m(xt)
+        flat[j] = old
+        return out
+    return perturb
+
+
 def _fd_gain(model, x, perturb, n_elems, eps=1e-6):
     """mean_n sum_{i != y} ||d(z_y - z_i)/dh||^2 / (24 (z_y - z_i)^2), by central differences."""
     with torch.no_grad():
@@ -78,16 +90,7 @@ def test_gains_agree_with_finite_differences(tiny):
 
     # weight tensor: layers.1.weight (10 x 12), one element at a time
     w = m.layers[1].weight
-
-    def perturb_w(j, e):
-        flat = w.data.view(-1)
-        old = float(flat[j])
-        flat[j] = old + e
-        out = m(xt)
-        flat[j] = old
-        return out
-
-    fd_w = _fd_gain(m, xt, perturb_w, w.numel())
+    fd_w = _fd_gain(m, xt, _weight_perturber(m, xt, w), w.numel())
     r_w = _pow2_above(float(model.layers[1].weight.detach().abs().max()))
     assert by["layers.1.weight"].range == r_w
     assert by["layers.1.weight"].E / r_w ** 2 == pytest.approx(fd_w, rel=1e-5)
@@ -227,17 +230,9 @@ def test_cnn_tensors_and_gains(tmp_path):
     m = P._float64_copy(model)
     xt = torch.from_numpy(x.astype(np.float64))
     w = m.conv2.weight
-
-    def perturb(j, e):
-        flat = w.data.view(-1)
-        old = float(flat[j])
-        flat[j] = old + e
-        out = m(xt)
-        flat[j] = old
-        return out
-
     conv2 = next(t for t in infos if t.name == "conv2.weight")
-    assert conv2.E / conv2.range ** 2 == pytest.approx(_fd_gain(m, xt, perturb, w.numel()), rel=1e-5)
+    assert conv2.E / conv2.range ** 2 == pytest.approx(_fd_gain(m, xt, _weight_perturber(m, xt, w), w.numel()),
+                                                       rel=1e-5)
 
 
 @pytest.mark.slow
