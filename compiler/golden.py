@@ -268,6 +268,29 @@ def output_codes(plan: Plan, env: dict[str, np.ndarray]) -> np.ndarray:
     return env[plan.output_name]
 
 
+def qlinear_softmax_ort(codes: np.ndarray, t: dict) -> np.ndarray:
+    """onnxruntime's CPU kernel of com.microsoft QLinearSoftmax (contrib_ops/cpu/quantization/
+    qlinear_softmax.cc), in its float32 steps: an exp table over code differences from the
+    row maximum, scaled so the row sum cannot overflow; the output scale is taken as
+    ``floor(1 / y_scale)``; ``y = nearbyint(e·Y / sum) + y_zp`` (uint8: capped at 255; int8:
+    the kernel's narrowing cast, i.e. wrap-around)."""
+    x = np.asarray(codes, dtype=np.int64)
+    D = x.shape[-1]
+    xs = np.float32(t["x_scale"])
+    bit_shift = np.log(np.float64(np.float32(np.finfo(np.float32).max) / np.float32(D)))
+    bit_shift = max(0.0, bit_shift - 5.0) / np.float64(xs)
+    table = np.exp((np.arange(256, dtype=np.float64) - 255 + bit_shift) * np.float64(xs)).astype(np.float32)
+    e = table[x - x.max(axis=-1, keepdims=True) + 255]
+    vsum = np.zeros(x.shape[:-1] + (1,), dtype=np.float32)
+    for k in range(D):                        # the kernel's sequential float32 sum
+        vsum = (vsum + e[..., k:k + 1]).astype(np.float32)
+    y_scale = np.floor(np.float32(1.0) / np.float32(t["y_scale"])).astype(np.float32)
+    q = np.rint(((e * y_scale).astype(np.float32) / vsum).astype(np.float32)).astype(np.int64) + int(t["y_zero_point"])
+    if t.get("signed"):
+        return np.where(q > 255, -1, ((q + 128) & 255) - 128)
+    return np.minimum(q, 255)
+
+
 def onnx_output(plan, env):
     """The ONNX graph's first output from the golden model's tensors (dequant + trailing ops)."""
     out = plan.doc["output"]
@@ -311,6 +334,8 @@ def onnx_output(plan, env):
             # ONNX QuantizeLinear in float32: saturate(round_half_even(v / s) + zp)
             q = np.rint(val.astype(np.float32) / np.float32(t["scale"])) + np.float32(t["zero_point"])
             val = np.clip(q, t["min"], t["max"])
+        elif t["op"] == "QLinearSoftmax":
+            val = qlinear_softmax_ort(np.asarray(val), t)
         elif t["op"] == "DequantizeLinear":
             val = ((val.astype(np.float32) - np.float32(t["zero_point"])) * np.float32(t["scale"])).astype(np.float32)
     dtype = np.dtype(out.get("onnx_dtype") or ("float32" if dq is not None else "int64"))

@@ -65,6 +65,9 @@ class Op(enum.Enum):
     CONV_INTEGER = "ConvInteger"
     DEPTH_TO_SPACE = "DepthToSpace"
     RESIZE = "Resize"
+    QLINEAR_ADD = "QLinearAdd"           # com.microsoft (onnxruntime's QOperator format)
+    QGEMM = "QGemm"                      # com.microsoft
+    QLINEAR_SOFTMAX = "QLinearSoftmax"   # com.microsoft, at the output only
 
 
 # (domain family, op_type) -> Op. "" is the ONNX default domain; "qonnx" covers the three
@@ -72,8 +75,10 @@ class Op(enum.Enum):
 QONNX_DOMAINS = ("onnx.brevitas", "qonnx.custom_op.general", "finn.custom_op.general", "qonnx.custom_op")
 _QONNX_OPS = {"Quant": Op.QUANT, "IntQuant": Op.QUANT, "BipolarQuant": Op.BIPOLAR_QUANT, "Trunc": Op.TRUNC,
               "MultiThreshold": Op.MULTITHRESHOLD}
+_MS_OPS = {"QLinearAdd": Op.QLINEAR_ADD, "QGemm": Op.QGEMM, "QLinearSoftmax": Op.QLINEAR_SOFTMAX}
 OP_BY_ONNX: dict[tuple[str, str], Op] = {("qonnx", k): v for k, v in _QONNX_OPS.items()}
-OP_BY_ONNX.update({("", op.value): op for op in Op if op.value not in _QONNX_OPS})
+OP_BY_ONNX.update({("", op.value): op for op in Op if op.value not in _QONNX_OPS and op.value not in _MS_OPS})
+OP_BY_ONNX.update({("microsoft", k): v for k, v in _MS_OPS.items()})
 
 
 def domain_family(domain: str) -> str | None:
@@ -81,6 +86,8 @@ def domain_family(domain: str) -> str | None:
         return ""
     if domain in QONNX_DOMAINS or domain.startswith("finn.custom_op") or domain.startswith("qonnx.custom_op"):
         return "qonnx"
+    if domain == "com.microsoft":
+        return "microsoft"
     return None
 
 

@@ -8,7 +8,7 @@ from accumulus.errors import UserError
 from ..ir import Node, Op
 
 ELEMENTWISE = {Op.QUANT, Op.BIPOLAR_QUANT, Op.TRUNC, Op.MULTITHRESHOLD, Op.RELU, Op.CLIP, Op.BATCHNORM,
-               Op.IDENTITY, Op.SOFTMAX, Op.QUANTIZE_LINEAR, Op.DEQUANTIZE_LINEAR}
+               Op.IDENTITY, Op.SOFTMAX, Op.QUANTIZE_LINEAR, Op.DEQUANTIZE_LINEAR, Op.QLINEAR_SOFTMAX}
 
 
 def _shape_of(name: str, shapes, consts) -> tuple[int, ...]:
@@ -89,11 +89,12 @@ def _infer(n: Node, shapes, consts):
         if op is Op.MULTITHRESHOLD and len(x) == 0:
             raise UserError(f"MultiThreshold '{n.name}': scalar input")
         return [x]
-    if op in (Op.ADD, Op.MUL, Op.DIV, Op.SUB):
+    if op in (Op.ADD, Op.MUL, Op.DIV, Op.SUB, Op.QLINEAR_ADD):
+        other = ins[3] if op is Op.QLINEAR_ADD else ins[1]
         try:
-            return [tuple(np.broadcast_shapes(x, ins[1]))]
+            return [tuple(np.broadcast_shapes(x, other))]
         except ValueError:
-            raise UserError(f"{op.value} '{n.name}': shapes {x} and {ins[1]} do not broadcast") from None
+            raise UserError(f"{op.value} '{n.name}': shapes {x} and {other} do not broadcast") from None
     if op in (Op.MATMUL, Op.MATMUL_INTEGER, Op.QLINEAR_MATMUL):
         b = ins[3] if op is Op.QLINEAR_MATMUL else ins[1]
         try:
@@ -101,13 +102,13 @@ def _infer(n: Node, shapes, consts):
         except ValueError:
             raise UserError(f"{op.value} '{n.name}': shapes {x} and {b} do not multiply") from None
         return [tuple(out)]
-    if op is Op.GEMM:
-        b = ins[1]
+    if op in (Op.GEMM, Op.QGEMM):
+        b = ins[3] if op is Op.QGEMM else ins[1]
         k1 = x[0] if n.attr("transA", 0) else x[-1]
         m = x[1] if n.attr("transA", 0) else x[0]
         k2, nn = (b[1], b[0]) if n.attr("transB", 0) else (b[0], b[1])
         if len(x) != 2 or len(b) != 2 or k1 != k2:
-            raise UserError(f"Gemm '{n.name}': shapes {x} and {b} do not multiply")
+            raise UserError(f"{op.value} '{n.name}': shapes {x} and {b} do not multiply")
         return [(m, nn)]
     if op in (Op.CONV, Op.CONV_INTEGER, Op.QLINEAR_CONV):
         w = ins[3] if op is Op.QLINEAR_CONV else ins[1]

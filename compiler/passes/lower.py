@@ -920,6 +920,98 @@ class _Lowering:
         del bias
         return self._qlinear_output(node, acc, y_s, y_zp)
 
+    def op_qgemm(self, node):
+        """com.microsoft QGemm (onnxruntime): ``acc = C + (A - z_a)(B - z_b)`` in int32, the
+        int32 bias ``C`` in units of ``alpha·s_a·s_b``; requantized to ``y`` when ``y_scale`` is
+        given, else a float output ``alpha·s_a·s_b·acc``."""
+        ins = list(node.inputs) + [""] * (9 - len(node.inputs))
+        a_, a_s, a_zp, b_, b_s, b_zp, c_, y_s, y_zp = ins
+        if node.attr("transA", 0):
+            self.err(node, "transA=1 is not supported")
+        trans_b = bool(node.attr("transB", 0))
+        alpha = float(np.float32(node.attr("alpha", 1.0)))
+        x = self._qlinear_input(node, a_, a_s, a_zp)
+        w = self._qlinear_weights(node, b_, b_s, b_zp, axis=0 if trans_b else 1)
+        if trans_b:
+            w = QConst(w.codes.T, np.asarray(w.scale).T, np.asarray(w.zero_point).T, w.type, np.asarray(w.value).T)
+        acc = self.matvec(node, x, w, None, alpha)
+        if c_:
+            cq = np.asarray(self.const_of(node, c_, "bias"))
+            if not np.issubdtype(cq.dtype, np.integer):
+                self.err(node, f"bias C must be int32 codes, got {cq.dtype}")
+            C = len(acc.chain[0].a)
+            cq = np.broadcast_to(cq.reshape(-1) if cq.ndim <= 1 else cq, (C,) if cq.ndim <= 1 else cq.shape)
+            if cq.ndim > 1:
+                if cq.shape[0] != 1:
+                    self.err(node, f"bias C of shape {cq.shape} varies along the batch axis; unsupported")
+                cq = cq.reshape(-1)
+            ws = np.broadcast_to(np.asarray(self.const_of(node, b_s, "scale"), dtype=np.float32).reshape(-1), (C,))
+            xs = frac(np.asarray(self.const_of(node, a_s, "scale"), dtype=np.float32).reshape(-1)[0])
+            add = tuple(frac(alpha) * xs * frac(ws[n]) * int(cq[n]) for n in range(C))
+            acc = Val(acc.src, acc.idx, chain_append(acc.chain, Affine((Fraction(1),) * C, add)))
+        if not y_s:
+            self.onnx_dtypes[node.outputs[0]] = "float32"
+            return acc
+        if not y_zp:
+            self.err(node, "y_scale without y_zero_point: give both (quantized output) or neither (float output)")
+        return self._qlinear_output(node, acc, y_s, y_zp)
+
+    def op_qlinearadd(self, node):
+        """com.microsoft QLinearAdd: ``C = saturate(round((s_a(a - z_a) + s_b(b - z_b)) / s_c) + z_c)``.
+        A constant operand (onnxruntime's quantized bias) is an exact affine offset; two
+        activations are a residual add."""
+        ins = list(node.inputs) + [""] * (8 - len(node.inputs))
+        a_, a_s, a_zp, b_, b_s, b_zp, c_s, c_zp = ins
+        if not c_s:
+            self.err(node, "missing C_scale")
+        consts = [isinstance(self.env[t], (Const, QConst)) for t in (a_, b_)]
+        if all(consts):
+            self.err(node, "adds two constants (not folded)")
+        if any(consts):
+            (k_, k_s, k_zp), (v_, v_s, v_zp) = ((a_, a_s, a_zp), (b_, b_s, b_zp)) if consts[0] else \
+                ((b_, b_s, b_zp), (a_, a_s, a_zp))
+            x = self._qlinear_input(node, v_, v_s, v_zp)
+            kc = np.asarray(self.const_of(node, k_, "operand"))
+            if not np.issubdtype(kc.dtype, np.integer):
+                self.err(node, f"constant operand '{k_}' must hold integer codes, got {kc.dtype}")
+            ks = np.asarray(self.const_of(node, k_s, "scale"), dtype=np.float32)
+            kz = np.asarray(self.const_of(node, k_zp, "zero point")).astype(np.float64) if k_zp else np.zeros(())
+            if ks.size != 1 or kz.size != 1:
+                self.err(node, "per-axis scale/zero point of the constant operand is not supported")
+            # (code - zp)·s of small integers and a float32 scale: exact in float64
+            val = (kc.astype(np.float64) - kz.reshape(())) * np.float64(ks.reshape(()))
+            s = self._affine(node, x, None, val)
+        else:
+            xa = self._qlinear_input(node, a_, a_s, a_zp)
+            xb = self._qlinear_input(node, b_, b_s, b_zp)
+            s = self.residual(node, xa, xb, 1)
+        return self._qlinear_output(node, s, c_s, c_zp)
+
+    def op_qlinearsoftmax(self, node):
+        """com.microsoft QLinearSoftmax at the output: a float trailing op that ``predict``
+        evaluates as onnxruntime's CPU kernel does (an exp table over code differences)."""
+        x = self.env[node.inputs[0]]
+        if not isinstance(x, Val) or x.chain:
+            self.err(node, "input must be the integer codes of a QLinear op")
+        ins = list(node.inputs) + [""] * (5 - len(node.inputs))
+        xs = np.asarray(self.const_of(node, ins[1], "scale"), dtype=np.float32)
+        ys = np.asarray(self.const_of(node, ins[3], "scale"), dtype=np.float32)
+        yz = np.asarray(self.const_of(node, ins[4], "zero point")) if ins[4] else np.zeros((), np.uint8)
+        if xs.size != 1 or ys.size != 1 or yz.size != 1:
+            self.err(node, "scales and zero points must be scalars")
+        t = self.tensors[x.src].type
+        if t.bits != 8:
+            self.err(node, f"input codes are {t}; onnxruntime's QLinearSoftmax reads int8/uint8")
+        opset = int(node.attr("opset", 13))
+        axis = int(node.attr("axis", -1 if opset >= 13 else 1))
+        nd = len(self.full(x.idx.shape))
+        if axis % nd != nd - 1:
+            self.err(node, f"axis={axis}: only the last (channel) axis is supported")
+        self.onnx_dtypes[node.outputs[0]] = str(yz.dtype)
+        return Tail(x, ({"op": "QLinearSoftmax", "x_scale": float(xs.reshape(-1)[0]),
+                         "y_scale": float(ys.reshape(-1)[0]), "y_zero_point": int(yz.reshape(-1)[0]),
+                         "signed": bool(t.signed), "axis": -1},))
+
     def _qlinear_input(self, node, a, a_s, a_zp):
         x = self.env[a]
         x = self._integer_val(node, x)
