@@ -251,7 +251,7 @@ def _ref_codes(model, ctx, node, tensor):
     """(codes, pre-rounding values or None, kind of tie) of a quantizer output in the reference."""
     v = np.asarray(ctx[tensor])
     op = node.op_type if node is not None else ""
-    if op in ("QuantizeLinear", "QLinearMatMul", "QLinearConv", "Clip") and np.issubdtype(v.dtype, np.integer):
+    if op in ("QuantizeLinear", "Clip") + _QLINEAR and np.issubdtype(v.dtype, np.integer):
         codes = v.astype(np.int64)
         pre = None
         if op == "QuantizeLinear":
@@ -259,6 +259,8 @@ def _ref_codes(model, ctx, node, tensor):
             s = _const(model, ctx, node.input[1], 1.0).astype(np.float64)
             s = _axis(s, node, x.ndim)
             pre = x / s
+        elif op in _QLINEAR:
+            pre = _qlinear_pre(model, ctx, node)
         return codes, pre
     if op == "MultiThreshold":
         a = {x.name: x for x in node.attribute}
@@ -276,6 +278,63 @@ def _ref_codes(model, ctx, node, tensor):
         codes = np.round(v.astype(np.float64) / s + z).astype(np.int64)
         return codes, x / s + z
     return None, None
+
+
+_QLINEAR = ("QLinearMatMul", "QLinearConv", "QGemm", "QLinearAdd")
+
+
+def _qlinear_pre(model, ctx, node) -> np.ndarray:
+    """The exact value a QOperator node of onnxruntime rounds, over its output scale, from the
+    reference's own integer inputs: ``acc · s_a·s_b / s_y`` with the integer accumulator in
+    int64 (QLinearMatMul, QLinearConv, QGemm with its int32 bias and alpha) or
+    ``(s_a(a - z_a) + s_b(b - z_b)) / s_c`` (QLinearAdd). onnxruntime computes the
+    requantization multiplier in float32, so where this value sits within float32 rounding of
+    a half-integer its code is a float tie."""
+    i = list(node.input) + [""] * 9
+    at = {a.name: a for a in node.attribute}
+
+    def q(k):                                   # codes minus zero point (int64), scale (float64)
+        return (_const(model, ctx, i[k]).astype(np.int64) - _const(model, ctx, i[k + 2], 0).astype(np.int64),
+                _const(model, ctx, i[k + 1], 1.0).astype(np.float64))
+
+    op = node.op_type
+    if op == "QLinearAdd":
+        (a, sa), (b, sb) = q(0), q(3)
+        return (a * sa + b * sb) / _const(model, ctx, i[6], 1.0).astype(np.float64)
+    x, sx = q(0)
+    if op in ("QLinearMatMul", "QGemm"):
+        wc = _const(model, ctx, i[3]).astype(np.int64)
+        wz = _const(model, ctx, i[5], 0).astype(np.int64).reshape(-1)
+        ws = _const(model, ctx, i[4], 1.0).astype(np.float64).reshape(-1)
+        trans = op == "QGemm" and "transB" in at and at["transB"].i
+        w = (wc.T if trans else wc) - wz            # per output column
+        acc = x @ w
+        if op == "QLinearMatMul":
+            return acc * sx * ws / _const(model, ctx, i[6], 1.0).astype(np.float64)
+        if i[6]:
+            acc = acc + _const(model, ctx, i[6]).astype(np.int64)
+        alpha = float(np.float32(at["alpha"].f)) if "alpha" in at else 1.0
+        return acc * alpha * sx * ws / _const(model, ctx, i[7], 1.0).astype(np.float64)
+    # QLinearConv, NCHW: the integer convolution through the golden model's window gather
+    w = _const(model, ctx, i[3]).astype(np.int64)
+    wz = _const(model, ctx, i[5], 0).astype(np.int64).reshape(-1)
+    ws = _const(model, ctx, i[4], 1.0).astype(np.float64).reshape(-1)
+    N, cg, kh, kw = w.shape
+    w = w - (wz.reshape(-1, 1, 1, 1) if wz.size > 1 else wz.reshape(()))
+    ints = lambda k, d: [int(v) for v in at[k].ints] if k in at else d
+    pads, strides, dil = ints("pads", [0, 0, 0, 0]), ints("strides", [1, 1]), ints("dilations", [1, 1])
+    group = at["group"].i if "group" in at else 1
+    B, C, H, W_ = x.shape
+    oh = (H + pads[0] + pads[2] - (kh - 1) * dil[0] - 1) // strides[0] + 1
+    ow = (W_ + pads[1] + pads[3] - (kw - 1) * dil[1] - 1) // strides[1] + 1
+    cols = golden._im2col(x.transpose(0, 2, 3, 1), {"kernel": [kh, kw], "stride": strides, "dilation": dil,
+                                                    "pads": pads, "out_shape": [oh, ow], "pad_value": 0})
+    per = N // group
+    acc = np.concatenate([np.einsum("bhwijc,ncij->bnhw", cols[..., g * cg:(g + 1) * cg],
+                                    w[g * per:(g + 1) * per]) for g in range(group)], axis=1)
+    if i[8]:
+        acc = acc + _const(model, ctx, i[8]).astype(np.int64).reshape(1, -1, 1, 1)
+    return acc * sx * ws.reshape(1, -1, 1, 1) / _const(model, ctx, i[6], 1.0).astype(np.float64)
 
 
 def _axis(s, node, ndim):
@@ -300,7 +359,8 @@ def compare(plan: Plan, model, x: np.ndarray, extra_feeds: dict | None = None, t
             t = users[0].output[0]          # QCDQ: the Clip after QuantizeLinear holds the plan's codes
         node = prod.get(t)
         want.append((l, t, node))
-    names = [t for _, t, _ in want] + [i for _, _, n in want if n is not None for i in n.input[:1]]
+    names = [t for _, t, _ in want] + [i for _, _, n in want if n is not None
+                                         for i in (n.input if n.op_type in _QLINEAR else n.input[:1])]
     out_name = plan.doc["output"].get("onnx_name") or model.graph.output[0].name
     kind, ctx = reference_run(model, x, extra_feeds, names + [out_name])
     if env is None:
