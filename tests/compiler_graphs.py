@@ -388,41 +388,13 @@ def float_cnn(seed=0):
 
 def quantize_qdq(float_model, path, calib, per_channel=False):
     """onnxruntime.quantization.quantize_static in QDQ format (uint8 activations, int8 weights)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    import ort_graphs
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"x": c[None]} for c in calib])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    src = str(path) + ".float.onnx"
-    onnx.save(float_model, src)
-    quantize_static(src, str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return onnx.load(str(path))
+    return ort_graphs.quantize(float_model, path, calib, per_channel=per_channel)
 
 
 def ort_run(model, x):
-    """onnxruntime on ``model`` with every QuantizeLinear output (and its input) exposed."""
-    import onnxruntime as ort
+    """onnxruntime (optimisations off) with every node output exposed."""
+    import ort_graphs
 
-    m = with_batch(model, x.shape[0])
-    for o in m.graph.output:
-        o.type.tensor_type.ClearField("shape")
-    have = {o.name for o in m.graph.output}
-    for n in m.graph.node:
-        if n.op_type == "QuantizeLinear":
-            for t in (n.output[0], n.input[0]):
-                if t not in have:
-                    m.graph.output.append(helper.make_empty_tensor_value_info(t))
-                    have.add(t)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    ctx = dict(zip(names, sess.run(None, {m.graph.input[0].name: x})))
-    for i in m.graph.initializer:
-        ctx.setdefault(i.name, numpy_helper.to_array(i))
-    return ctx
+    return ort_graphs.ort_run_all(model, x)
