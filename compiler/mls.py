@@ -23,7 +23,8 @@ scales, which is what makes the intra-group accumulator exact and fixed point.
 Dynamic quantization (the paper's): ``S_t = max|x|`` (in float32, the dtype of the
 tensor), ``S_g = 2^-g`` with ``g = floor(-log2(max_group|x| / S_t))`` clipped to the Eg-bit
 range, and decreased by one when the group maximum would round up out of the element range
-(nearest rounding) or lies above the largest element (stochastic rounding). Elements round
+(nearest rounding) or lies above the largest element (stochastic rounding); a group whose
+elements all round to zero gets ``g = 0`` (one code per value). Elements round
 to nearest, ties to even mantissa, or stochastically (unbiased, for gradients). Below the
 smallest element ``2^-(2^E-1)`` there are no subnormals: nearest rounding goes to 0 or the
 smallest element (a tie goes to 0), stochastic rounding picks the smallest element with
@@ -319,8 +320,10 @@ def _quantize_relative(q, negative, s_t, fmt: MLSFormat, uniform) -> MLSCodes:
     g = np.where(overflow & (g > 0), g - 1, g)
     y = q * np.exp2(_broadcast_groups(g, q.shape, fmt.group_size))
     codes = _round_elements(y, fmt, None if uniform is None else uniform)
-    sign, e, m, z = codes
+    _, e, m, z = codes
     sign = np.where(z, 0, negative.astype(np.int64))
+    # a group whose elements all rounded to zero keeps the canonical exponent 0
+    g = np.where(_groups(1 - z, fmt.group_size).max(axis=2) > 0, g, 0)
     return MLSCodes(sign, e, m, z, g, s_t, fmt)
 
 

@@ -104,6 +104,7 @@ def quantize_torch(x: torch.Tensor, fmt: MLSFormat = DEFAULT_FORMAT, rounding: s
     e = torch.where(zero, torch.zeros_like(e), e)
     m = torch.where(zero, torch.zeros_like(m), m)
     sign = torch.where(zero, torch.zeros_like(e), torch.signbit(x32).to(torch.int64))
+    g = torch.where(_groups((~zero).to(torch.int64), fmt.group_size).amax(dim=2) > 0, g, torch.zeros_like(g))
     return {"sign": sign, "exponent": e, "mantissa": m, "zero": zero.to(torch.int64), "group_exponent": g,
             "tensor_scale": s_t}
 
