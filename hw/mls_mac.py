@@ -164,6 +164,15 @@ class MLSDotSpec:
     def dot_length(self) -> int:
         return self.groups * self.terms_per_group
 
+    @property
+    def register_bits(self) -> int:
+        """Flip-flops of the engine: dot and group accumulators, step and group counters, the
+        pending group sum's control (valid, first, last, shift) and ``acc_valid``."""
+        def counter(n):
+            return max(1, (n - 1).bit_length())
+        return (self.acc_bits + self.group_acc_bits + counter(self.steps_per_group) + counter(self.groups)
+                + 3 + counter(self.fmt.group_shift_max + 1) + 1)
+
     def arrange(self, w: dict, x: dict, w_group, x_group) -> dict:
         """The input stream of one dot product: ``w``, ``x`` dicts of (C, taps) code arrays
         ``sign, exp, man, zero``, ``w_group``, ``x_group`` (groups,) group exponents. Steps go

