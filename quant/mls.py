@@ -25,7 +25,7 @@ from accumulus.compiler.mls import (DEFAULT_FORMAT, FORMAT_1M2E, FORMAT_4M2E, ML
 
 __all__ = ["MLSFormat", "MLSCodes", "MLSDotResult", "DEFAULT_FORMAT", "FORMAT_1M2E", "FORMAT_4M2E",
            "quantize", "dequantize", "dequantize_exact", "element_integers", "group_shape",
-           "mls_conv2d", "mls_linear", "worst_case_codes", "quantize_torch", "dequantize_torch",
+           "mls_conv2d", "mls_linear", "worst_case_codes", "quantize_torch", "dequantize_torch", "to_codes",
            "fake_quantize", "MLSQuantize", "MLSGradQuantize", "mls_act", "MLSQuant"]
 
 
