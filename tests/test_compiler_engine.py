@@ -171,3 +171,62 @@ def test_cli_engine_option(tmp_path, capsys, mlp_path):
     assert all(l["engine"] == "const" for l in _mac(plan))
     doc = json.loads((tmp_path / "plan.json").read_text())
     assert doc["options"]["engine"] == "const"
+
+
+def test_const_cost_model_against_yosys_on_ecp5():
+    """compiler/cost.py's constant-weight model against the Yosys runs the benchmark recorded
+    (benchmarks/constmv_vs_rom.py: synth_ecp5 of a 64x64 layer): within 15% on LUTs and FFs."""
+    from pathlib import Path
+
+    from accumulus.compiler import cost
+
+    doc = json.loads((Path(__file__).parent.parent / "benchmarks/results/constmv_vs_rom.json").read_text())
+    assert doc["family"] == "ecp5" and doc["tools"]["yosys"].startswith("Yosys")
+    coeff = cost.load_coefficients("ecp5")
+    rows = [r for r in doc["results"] if r["engine"] == "const" and r["ok"]]
+    assert len(rows) >= 2
+    for r in rows:
+        g = r["graph"]
+        est = cost.const_layer_cost(g["adder_bits"], g["pipeline_register_bits"] + g["acc_register_bits"],
+                                    doc["layer"]["channels"], 0, 0, coeff)
+        y = r["resources"]
+        assert abs(est["lut"] / y["lut"] - 1) <= 0.15, (r["label"], est["lut"], y["lut"])
+        assert abs(est["ff"] / y["ff"] - 1) <= 0.15, (r["label"], est["ff"], y["ff"])
+        assert est["dsp"] == 0 and est["bram_bits"] == 0
+
+
+def test_width_table_shows_the_engine(tmp_path, capsys, mlp_path):
+    path, _ = mlp_path
+    assert main(["compile", str(path), "--out", str(tmp_path), "--engine", "const"]) == 0
+    out = capsys.readouterr().out
+    head, *rows = [l for l in out.splitlines() if l.startswith(("layer", "fc"))]
+    assert "engine" in head and "adders" in head and "digits/bound" in head
+    plan = Plan.load(tmp_path)
+    for l, row in zip(_mac(plan), rows):
+        assert row.split()[0] == l["name"] and " const " in row
+        assert f" {l['const']['adders']} " in row
+        assert f"{l['engine_cost']['rom']['lut']:.0f}/{l['engine_cost']['const']['lut']:.0f}" in row
+
+
+def test_estimate_only_report_costs_const_layers_as_adder_graphs(tmp_path, mlp_path):
+    from accumulus.boards.boards import load_board
+    from accumulus.boards.report import run_report
+    from accumulus.compiler import cost
+
+    path, _ = mlp_path
+    proj = tmp_path / "p"
+    plan = compile_model(path, CompileOptions(engine="const"))
+    plan.save(proj)
+    doc = run_report(proj, load_board("ulx3s-85f"), ["exact"], estimate_only=True, progress=False)
+    coeff = cost.load_coefficients("ecp5")
+    for l in _mac(plan):
+        e, g = doc["policy"]["exact"]["estimate"][l["name"]], l["const"]
+        assert e["engine"] == "const" and doc["widths"][l["name"]]["engine"] == "const"
+        levels = plan.array(l["requant"]["thresholds"]).shape[1] if l["requant"] else 0
+        want = cost.const_layer_cost(g["adder_bits"], g["pipeline_register_bits"] + g["acc_register_bits"],
+                                     l["channels"], levels, l["requant"]["threshold_bits"] if l["requant"] else 0,
+                                     coeff)
+        if not l["requant"]:
+            assert e["lut"] == pytest.approx(want["lut"]) and e["ff"] == pytest.approx(want["ff"])
+        assert e["bram_bits"] == 0
+    assert "| exact | fc0 | const |" in (proj / "reports" / "report.md").read_text()
