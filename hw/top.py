@@ -300,7 +300,9 @@ class EngineSpec:
         if self.mvu is not None:
             fold = self.layer["folding"]
             d.update({
-                "pe": fold["pe"], "simd": fold["simd"],
+                # as built; the plan's folding differs only when --engine overrides its choice
+                "pe": self.mvu.pe, "simd": self.mvu.simd,
+                "plan_folding": {"pe": fold["pe"], "simd": fold["simd"]},
                 "acc_bits": [int(b) for b in self.mvu.acc_bits],
                 "plan_pe_acc_bits": [int(b) for b in fold["pe_acc_bits"]],
                 "channel_order": [int(c) for c in fold["channel_order"]],

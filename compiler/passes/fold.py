@@ -131,13 +131,14 @@ def _thresholds(p) -> tuple[int, int]:
     return levels, (rq.get("threshold_bits", 0) if rq else 0)
 
 
-def const_summary(layer, register_every: int) -> tuple[AdderGraph, dict]:
+def const_summary(layer, register_every: int, cse: bool | None = None) -> tuple[AdderGraph, dict]:
     """The adder graph the constant-weight engine builds for ``layer`` (exact widths) and
-    its size as the plan records it (``layer["const"]``, docs/plan.md)."""
+    its size as the plan records it (``layer["const"]``, docs/plan.md). ``cse`` None: share
+    when the layer has at most ``CSE_MAX_DIGITS`` CSD digits."""
     p = layer.params
     w = np.asarray(p["weight"], dtype=np.int64)
-    total_digits = sum(len(csd_digits(v)) for v in w.flat if v)
-    cse = total_digits <= CSE_MAX_DIGITS
+    if cse is None:
+        cse = sum(len(csd_digits(v)) for v in w.flat if v) <= CSE_MAX_DIGITS
     g = AdderGraph(w, p["input_type"], cse=cse, register_every=register_every)
     k = g.fan_in
     exact = [int(b) for b in p["acc"]["bits"]["exact"]]
@@ -188,6 +189,37 @@ def _score(c, budget) -> float:
     return c["lut"]
 
 
+class _ConstGraphs:
+    """A layer's adder graph, built lazily: ``plain`` without sharing (fast, an upper bound on
+    the adders), ``best`` as the engine builds it (with sharing up to ``CSE_MAX_DIGITS``)."""
+
+    def __init__(self, layer, register_every: int):
+        self.layer, self.register_every = layer, register_every
+        self._plain = self._best = None
+
+    def plain(self) -> dict:
+        if self._best is not None and not self._best["cse"]:
+            return self._best
+        if self._plain is None:
+            self._plain = const_summary(self.layer, self.register_every, cse=False)[1]
+        return self._plain
+
+    def best(self) -> dict:
+        if self._best is None:
+            self._best = const_summary(self.layer, self.register_every)[1]
+        return self._best
+
+    def known(self) -> dict:
+        """The best summary computed so far."""
+        return self._best if self._best is not None else self.plain()
+
+
+# Sharing removed 30% of the adder bits of a 64x64 layer (benchmarks/constmv_vs_rom.py:
+# 19,982 -> 13,934); a layer whose unshared graph costs more than twice the ROM engine is
+# not built with sharing just to be compared.
+SHARING_BOUND = 0.5
+
+
 def _assign(ig: IntGraph, target: float, engine: str = "rom", consts=None, coeff=None, budget=None):
     """layer name -> (engine, pe, simd) at ``target`` cycles per frame (module docstring)."""
     out = {}
@@ -199,8 +231,11 @@ def _assign(ig: IntGraph, target: float, engine: str = "rom", consts=None, coeff
             out[layer.name] = ("const", layer.params["channels"], layer.params["fan_in"])
             continue
         if engine == "auto" and consts is not None:
-            cc = _const_cost(layer, consts[layer.name][1], coeff)
             rc = _rom_cost(layer, pe, simd, coeff)
+            graphs = consts[layer.name]
+            cc = _const_cost(layer, graphs.plain(), coeff)
+            if SHARING_BOUND * _score(cc, budget) < _score(rc, budget):
+                cc = _const_cost(layer, graphs.best(), coeff)
             lut_ok = not (budget and budget.get("lut")) or cc["lut"] <= budget["lut"]
             if lut_ok and _score(cc, budget) < _score(rc, budget):
                 out[layer.name] = ("const", layer.params["channels"], layer.params["fan_in"])
@@ -215,7 +250,7 @@ def _cost(ig: IntGraph, choice, coeff, consts):
         if layer.kind in MAC_KINDS:
             eng, pe, simd = choice[layer.name]
             if eng == "const":
-                costs.append(_const_cost(layer, consts[layer.name][1], coeff))
+                costs.append(_const_cost(layer, consts[layer.name].best(), coeff))
             else:
                 costs.append(_rom_cost(layer, pe, simd, coeff))
         elif layer.kind is IntKind.REORDER:
@@ -254,10 +289,11 @@ def fold(ig: IntGraph, target_cycles: float | None = None, max_pes: int | None =
             raise UserError(f"--engine const: layer '{l.name}' is a grouped convolution (groups={conv['groups']}), "
                             "which the constant-weight engine does not build; use --engine auto or rom")
     every = register_every_for(clock_mhz, family)
-    # the adder graphs do not depend on the target: built once
+    # the adder graphs do not depend on the target: built once (under every engine, so that
+    # the plan holds both engines' costs)
     consts = None
-    if engine in ("const", "auto") and macs:
-        consts = {l.name: const_summary(l, every) for l in macs
+    if macs:
+        consts = {l.name: _ConstGraphs(l, every) for l in macs
                   if (l.params.get("conv") or {}).get("groups", 1) == 1}
     auto = "auto" if max_pes is None else "rom"
     mode = engine if engine != "auto" else auto
@@ -309,13 +345,14 @@ def fold(ig: IntGraph, target_cycles: float | None = None, max_pes: int | None =
             costs = {"rom": {**_rounded(rom), "pe": rpe, "simd": rsimd,
                              "cycles_per_frame": (p["channels"] // rpe) * (p["fan_in"] // rsimd) * _pixels(layer)}}
             if consts is not None and layer.name in consts:
-                costs["const"] = {**_rounded(_const_cost(layer, consts[layer.name][1], coeff)),
-                                  "cycles_per_frame": _const_cycles(layer)}
+                graph = consts[layer.name].best() if eng == "const" else consts[layer.name].known()
+                costs["const"] = {**_rounded(_const_cost(layer, graph, coeff)),
+                                  "cycles_per_frame": _const_cycles(layer), "cse": graph["cse"]}
             extra = {"engine": eng, "engine_cost": costs}
             if eng == "const":
                 order = np.arange(p["channels"])
                 cyc = _const_cycles(layer)
-                extra["const"] = consts[layer.name][1]
+                extra["const"] = consts[layer.name].best()
             else:
                 order = group_channels(exact, pe)
                 cyc = (p["channels"] // pe) * (p["fan_in"] // simd) * _pixels(layer)
