@@ -43,6 +43,10 @@ stall holds the pipeline and no vector is lost or duplicated.
 
 Inside
 ------
+Steps 1-5 build :class:`accumulus.compiler.addergraph.AdderGraph` (numpy only, so that the
+folding pass costs and records the same graph in the plan); this module sizes it under the
+accumulator policy and turns it into gates.
+
 1. CSD digits of every weight (the non-adjacent form: fewest nonzero digits).
 2. Optional sharing (``cse=True``): a greedy two-term common-subexpression elimination
    across channels, the first stage of da4ml and of Hcub-style algorithms (Voronenko and

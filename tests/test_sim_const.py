@@ -87,3 +87,24 @@ def test_digits_mlp_const_bit_exact_under_backpressure(digits_const, simulator, 
     rc = main(["sim", str(d), "--stimulus", "worst", "--simulator", simulator, "--backpressure", "0.3"])
     r = json.loads((d / "sim" / "results.json").read_text())
     assert rc == 0 and r["passed"] and r["mismatches"] == 0
+
+
+def test_cli_build_engine_override(tmp_path, capsys):
+    """'accumulus build --engine const' builds a ROM-folded plan constant-weight and says so."""
+    require_module("amaranth")
+    plan = mlp_plan(widths=(16, 8, 4), input_type=IntType(4, False), pe=[2, 2], simd=[4, 4], seed=3)
+    plan.save(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["build", str(tmp_path), "--engine", "dsp"])
+    assert "invalid choice: 'dsp'" in capsys.readouterr().err
+    assert main(["build", str(tmp_path), "--engine", "const", "--no-layer-files"]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads((tmp_path / "rtl" / "build.json").read_text())
+    assert doc["engine"] == "const" and "engine const" in out
+    for l in doc["layers"]:
+        assert l["engine"] == "const" and (l["pe"], l["simd"]) == (l["out"]["elems_per_beat"], l["in"]["elems_per_beat"])
+        assert l["plan_folding"] == {"pe": 2, "simd": 4} and l["cycles_per_frame"] == 1
+        assert l["const"]["adders"] > 0 and l["const"]["acc_policy"] == "exact"
+    assert main(["build", str(tmp_path), "--no-layer-files"]) == 0       # auto: the plan's ROM folding
+    doc = json.loads((tmp_path / "rtl" / "build.json").read_text())
+    assert all(l["engine"] == "rom" and l["pe"] == 2 for l in doc["layers"])
