@@ -160,6 +160,17 @@ def test_engine_const_conv_takes_one_window_per_cycle(tmp_path):
         assert l["engine"] == "const" and l["folding"]["simd"] == l["fan_in"]
         assert l["cycles_per_frame"] == max(conv["out_shape"][0] * conv["out_shape"][1],
                                             conv["in_shape"][0] * conv["in_shape"][1])
+    # the pools after a constant engine take its N channels per beat
+    for pool in (l for l in plan.layers if l["kind"] == "maxpool"):
+        h, w, c = pool["in_shape"]
+        assert pool["cycles_per_frame"] == h * w
+    require_module("amaranth")
+    from accumulus.hw.top import GraphSpec
+
+    graph = GraphSpec(plan, "exact")
+    assert graph.cycles_per_frame == plan.doc["estimate"]["cycles_per_frame"]
+    assert {e.name: e.cycles_per_frame for e in graph.engines} == {l["name"]: l["cycles_per_frame"]
+                                                                   for l in plan.layers}
 
 
 def test_cli_engine_option(tmp_path, capsys, mlp_path):

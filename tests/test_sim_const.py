@@ -5,7 +5,8 @@ vectors under back-pressure: bit-exact under ``exact``, and ``exact-minus:1`` fa
 accumulators of an adder graph really need their exact width).
 Slow tier: a digits-mlp-shaped QONNX graph (64-64-64-10, 5-bit input codes, W4 A4) through
 the command line, ``compile --engine const`` -> ``build`` -> ``sim`` on Verilator and Icarus,
-100 test frames and the worst-case vectors under back-pressure 0.3 on both sides.
+100 test frames and the worst-case vectors under back-pressure 0.3 on both sides; and the
+digits-rescnn-shaped graph (conv windows whole per beat, residual add, pools) on Verilator.
 """
 from __future__ import annotations
 
@@ -108,3 +109,28 @@ def test_cli_build_engine_override(tmp_path, capsys):
     assert main(["build", str(tmp_path), "--no-layer-files"]) == 0       # auto: the plan's ROM folding
     doc = json.loads((tmp_path / "rtl" / "build.json").read_text())
     assert all(l["engine"] == "rom" and l["pe"] == 2 for l in doc["layers"])
+
+
+@pytest.mark.slow
+def test_digits_rescnn_const_bit_exact_on_verilator(tmp_path, capsys):
+    require_tool("g++")
+    require_module("onnx")
+    import compiler_graphs as cg
+
+    path = cg.save(cg.cnn(seed=13, residual=True), tmp_path / "model.onnx")
+    assert main(["compile", str(path), "--out", str(tmp_path), "--engine", "const", "--quiet"]) == 0
+    assert main(["build", str(tmp_path), "--no-layer-files"]) == 0
+    build = json.loads((tmp_path / "rtl" / "build.json").read_text())
+    convs = [l for l in build["layers"] if l["kind"] == "conv"]
+    assert convs and all(l["engine"] == "const" and l["swg"]["elems_per_beat"] == l["simd"] for l in convs)
+    # every engine, the pools and the add included, runs at the plan's rate
+    assert build["top"]["cycles_per_frame"] == build["top"]["plan_cycles_per_frame"]
+    capsys.readouterr()
+    rc = main(["sim", str(tmp_path), "--frames", "40", "--simulator", "verilator", "--backpressure", "0.3",
+               "--seed", "5"])
+    out = capsys.readouterr().out
+    r = json.loads((tmp_path / "sim" / "results.json").read_text())
+    assert rc == 0 and r["passed"] and r["mismatches"] == 0, out
+    run = r["runs"][0]
+    assert run["frames_sent"] == run["frames_received"] == r["frames"]
+    assert r["cycles_per_frame_error"] <= 0.10, out

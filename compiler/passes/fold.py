@@ -115,6 +115,18 @@ def _stream_cycles(ig: IntGraph, layer) -> int:
     return int(np.prod(ig.tensors[layer.output].shape))
 
 
+def _beat_elems(ig: IntGraph, layer, producer_elems: int) -> int:
+    """Elements per beat a stream layer takes: hw/top.py's engines without a folding of their
+    own adopt their producer's beat when it divides their channels (argmax: its input
+    frame), else the gcd; a reorder moves one element per beat."""
+    if layer.kind is IntKind.REORDER:
+        return 1
+    shape = ig.tensors[layer.inputs[0]].shape
+    channels = int(np.prod(shape)) if layer.kind is IntKind.ARGMAX else int(shape[-1])
+    e = max(1, producer_elems)
+    return e if channels % e == 0 else math.gcd(e, channels)
+
+
 def _const_cycles(layer) -> int:
     """Cycles per frame of a constant-weight engine: one vector (conv: one output pixel) per
     cycle; a conv's window generator also takes one input pixel (C elements) per cycle."""
@@ -335,9 +347,14 @@ def fold(ig: IntGraph, target_cycles: float | None = None, max_pes: int | None =
     elif over:
         notes.append("even the most folded design exceeds the board budget in " + ", ".join(over))
     layers = []
+    # Elements per beat on each tensor, for the stream layers' cycles: a constant-weight
+    # engine emits all N channels per beat and the layers after it take them at that width.
+    # After a ROM engine the estimate stays FINN's one element per cycle.
+    beat = {ig.input["tensor"]: 1}
     for layer in ig.layers:
         if layer.kind in MAC_KINDS:
             eng, pe, simd = choice[layer.name]
+            beat[layer.output] = layer.params["channels"] if eng == "const" else 1
             exact = np.asarray(layer.params["acc"]["bits"]["exact"])
             p = layer.params
             rpe, rsimd = _choose(layer, relaxed) if eng == "const" else (pe, simd)
@@ -360,7 +377,9 @@ def fold(ig: IntGraph, target_cycles: float | None = None, max_pes: int | None =
                                                "pe_acc_bits": pe_widths(exact, pe, order).tolist()},
                                       cycles_per_frame=int(cyc), **extra)
         else:
-            layer = layer.with_params(cycles_per_frame=_stream_cycles(ig, layer))
+            e = _beat_elems(ig, layer, beat.get(layer.inputs[0], 1))
+            beat[layer.output] = 1 if layer.kind is IntKind.ARGMAX else e
+            layer = layer.with_params(cycles_per_frame=-(-_stream_cycles(ig, layer) // e))
         layers.append(layer)
     bott = max(layers, key=lambda l: l.params["cycles_per_frame"]) if layers else None
     engines = [choice[l.name][0] for l in macs]
