@@ -93,11 +93,22 @@ def estimate_layers(plan: Plan, policy: str, family: str, coeff: dict | None = N
         rq = layer.get("requant")
         levels = int(plan.array(rq["thresholds"]).shape[1]) if rq and rq["kind"] == "thresholds" else 0
         fold = layer["folding"]
+        if layer.get("engine") == "const" or b.get("engine") == "const":
+            # the adder graph as built (build.json, under the policy) or as planned (exact)
+            g = b.get("const") or layer.get("const")
+            if g is not None:
+                out[layer["name"]] = {k: float(v) for k, v in cost_model.const_layer_cost(
+                    g["adder_bits"], g["pipeline_register_bits"] + g["acc_register_bits"], int(layer["channels"]),
+                    levels, max(tb) if tb else 0, coeff).items()}
+                out[layer["name"]]["threshold_storage_bits"] = 0
+                out[layer["name"]]["engine"] = "const"
+                continue
         est = cost_model.mac_layer_cost(
             IntTypeBits(layer["weight_type"]), IntTypeBits(layer["input_type"]), int(layer["channels"]),
             int(layer["fan_in"]), int(fold["pe"]), int(fold["simd"]), acc, levels, max(tb) if tb else 0, coeff,
             reorder=order_needs_buffer(fold["channel_order"], int(fold["pe"])))
         out[layer["name"]] = {k: float(v) for k, v in est.items()}
+        out[layer["name"]]["engine"] = "rom"
         out[layer["name"]]["threshold_storage_bits"] = threshold_storage_bits(plan, layer, tb) if tb else 0
     return out
 
@@ -155,7 +166,8 @@ def run_report(project: Path, board: Board, policies=DEFAULT_POLICIES, *, estima
                              "a2q_plus": int(max(bits["a2q_plus"])), "exact": int(max(bits["exact"])),
                              "target": bits.get("target"), "pe_acc_bits": [int(b) for b in l["folding"]["pe_acc_bits"]],
                              "pe": int(l["folding"]["pe"]), "simd": int(l["folding"]["simd"]),
-                             "fan_in": int(l["fan_in"]), "channels": int(l["channels"])}
+                             "fan_in": int(l["fan_in"]), "channels": int(l["channels"]),
+                             "engine": l.get("engine", "rom")}
 
     doc: dict = {
         "format_version": 1, "board": board.doc, "plan": {"source": note, "dir": str(project)},
@@ -634,11 +646,11 @@ def render_markdown(doc: dict) -> str:
         lines.append("")
     elif doc["options"]["estimate_only"]:
         lines.append("## Estimate (compiler/cost.py, no synthesis)")
-        lines.append("| policy | layer | LUT | FF | DSP | BRAM bits | threshold storage bits |")
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append("| policy | layer | engine | LUT | FF | DSP | BRAM bits | threshold storage bits |")
+        lines.append("|---|---|---|---|---|---|---|---|")
         for pol in doc["policies"]:
             for layer, e in doc["policy"][pol]["estimate"].items():
-                lines.append(f"| {pol} | {layer} | {e['lut']:.0f} | {e['ff']:.0f} | {e['dsp']:.0f} | {e['bram_bits']:.0f} | "
+                lines.append(f"| {pol} | {layer} | {e.get('engine', 'rom')} | {e['lut']:.0f} | {e['ff']:.0f} | {e['dsp']:.0f} | {e['bram_bits']:.0f} | "
                              f"{e['threshold_storage_bits']:.0f} |")
         lines.append("")
     lines.append("## How the split is made")

@@ -29,6 +29,8 @@ class CompileOptions:
     binds: dict = field(default_factory=dict)
     input_type: str | None = None        # --input-type for a float graph input
     input_scale: float | None = None
+    engine: str = "auto"                 # --engine rom | const | auto (compiler/passes/fold.py)
+    board_clock_mhz: float | None = None  # the board's clock (boards/data), when --clock-mhz is absent
 
 
 def _jsonable(v, arrays, key):
@@ -109,13 +111,14 @@ def compile_model(path, opts: CompileOptions | None = None, progress=None) -> Pl
         if opts.target_fps <= 0 or opts.clock_mhz <= 0:
             raise UserError("--target-fps and --clock-mhz must be positive")
         target = opts.clock_mhz * 1e6 / opts.target_fps
-    ig, estimate = fold(ig, target, opts.max_pes, opts.budget, opts.family)
+    clock = opts.clock_mhz if opts.clock_mhz is not None else opts.board_clock_mhz
+    ig, estimate = fold(ig, target, opts.max_pes, opts.budget, opts.family, engine=opts.engine, clock_mhz=clock)
     ig.verify()
     say(f"passes done ({time.perf_counter() - t0:.2f} s)")
     source = {"model": str(Path(graph.source)), "sha256": graph.sha256, "metadata": graph.metadata}
     options = {"target_fps": opts.target_fps, "clock_mhz": opts.clock_mhz, "max_pes": opts.max_pes,
                "board": opts.board, "binds": sorted(opts.binds), "input_type": opts.input_type,
-               "input_scale": None if declared is None else declared[1]}
+               "engine": opts.engine, "input_scale": None if declared is None else declared[1]}
     plan = plan_from_intgraph(ig, source, estimate, options)
     from .plan import validate
     validate(plan.doc)

@@ -13,6 +13,14 @@ A ``reorder`` layer (DepthToSpace, nearest Resize; hw/reorder.py) is a two-row b
 ``2·W·C`` elements (BRAM bits) plus address counters and index tables whose logic grows with
 the buffer's address width ``A = ceil(log2(2·W·C))``: LUT = A·lut_per_reorder_addr_bit,
 FF = ff_per_reorder + A·ff_per_reorder_addr_bit.
+A constant-weight engine (hw/constmv.py: one vector or pixel per cycle, an adder graph per
+layer from ``compiler/addergraph.py``) costs
+  LUT = adder_bits·lut_per_const_adder_bit + N·T·threshold_bits·lut_per_const_threshold_bit
+        + lut_per_layer
+  FF  = (pipeline_register_bits + accumulator_register_bits)·ff_per_const_reg_bit + ff_per_layer
+  DSP = 0, BRAM bits = 0 (weights are wiring, the parallel thresholds constants)
+where ``adder_bits`` sums every adder's own exact width: each adder bit is one LUT plus
+its share of a carry chain on LUT4 (iCE40 SB_CARRY) and LUT6/ECP5 fabrics.
 Coefficients are data (``cost_coefficients.json``), one table per FPGA family; the board
 calibration in ``boards/`` rewrites that file from Yosys runs.
 """
@@ -22,7 +30,7 @@ import json
 import math
 from importlib import resources
 
-__all__ = ["load_coefficients", "mac_layer_cost", "weight_rom_in_logic", "stream_layer_cost", "reorder_layer_cost", "total", "RESOURCES"]
+__all__ = ["load_coefficients", "mac_layer_cost", "const_layer_cost", "CONST_DEFAULTS", "weight_rom_in_logic", "stream_layer_cost", "reorder_layer_cost", "total", "RESOURCES"]
 
 RESOURCES = ("lut", "ff", "dsp", "bram_bits")
 
@@ -65,6 +73,28 @@ def mac_layer_cost(w_bits: int, x_bits: int, channels: int, fan_in: int, pe: int
         ff += weight_bits * coeff.get("ff_per_rom_bit", 0.0)
         bram -= weight_bits
     return {"lut": lut, "ff": ff, "dsp": dsp, "bram_bits": bram}
+
+
+# Constant-weight engine defaults, for families whose calibration has no const entries.
+# Yosys 0.70 synth_ecp5 -nodsp of a 64x64 layer (4-bit weights, 54% zero, 4-bit unsigned
+# inputs; benchmarks/constmv_vs_rom.py): 13,934 adder bits -> 15,499 LUT (1.11 per bit)
+# with a register every 2 adder levels, 17,823 (1.28) fully combinational, 19,982 bits
+# without sharing -> 21,443 (1.07); 7,775 pipeline + 744 accumulator register bits ->
+# 8,225 FF (0.97 per bit). The threshold comparators are not yet measured (1 LUT per bit
+# compared: a carry-chain comparison against a constant).
+CONST_DEFAULTS = {"lut_per_const_adder_bit": 1.1, "ff_per_const_reg_bit": 1.0, "lut_per_const_threshold_bit": 1.0}
+
+
+def const_layer_cost(adder_bits: int, register_bits: int, channels: int, threshold_levels: int,
+                     threshold_bits: int, coeff: dict) -> dict:
+    """A constant-weight engine: ``adder_bits`` (sum of the adders' widths), ``register_bits``
+    (pipeline plus accumulator registers), and a parallel threshold requant of
+    ``threshold_levels`` comparisons per channel."""
+    k = {key: coeff.get(key, v) for key, v in CONST_DEFAULTS.items()}
+    lut = (adder_bits * k["lut_per_const_adder_bit"]
+           + channels * threshold_levels * threshold_bits * k["lut_per_const_threshold_bit"] + coeff["lut_per_layer"])
+    ff = register_bits * k["ff_per_const_reg_bit"] + coeff["ff_per_layer"]
+    return {"lut": float(lut), "ff": float(ff), "dsp": 0, "bram_bits": 0}
 
 
 def weight_rom_in_logic(w_bits: int, channels: int, fan_in: int, pe: int, simd: int, coeff: dict) -> bool:

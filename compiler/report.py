@@ -1,4 +1,5 @@
-"""The width table: per MAC layer, data-type / A2Q / A2Q+ / exact (max and per PE) / target P."""
+"""The width table: per MAC layer, data-type / A2Q / A2Q+ / exact (max and per PE) / target P,
+and the engine (folded ROM or constant-weight) with its estimated LUTs."""
 from __future__ import annotations
 
 import numpy as np
@@ -21,6 +22,9 @@ def width_rows(plan: Plan) -> list[dict]:
             "target": bits["target"], "pe": layer["folding"]["pe"], "simd": layer["folding"]["simd"],
             "cycles": layer.get("cycles_per_frame"),
             "saving": int(bits["datatype"] - exact.max()),
+            "engine": layer.get("engine", "rom"),
+            "engine_cost": layer.get("engine_cost"),
+            "const": layer.get("const"),
         })
     return rows
 
@@ -33,17 +37,37 @@ def _pe_text(pe_bits: list[int]) -> str:
     return " ".join(f"{v}:{c}" for v, c in zip(vals[::-1], counts[::-1]))
 
 
+def _cost_text(costs) -> str:
+    """Estimated LUTs of both engines (``-`` where the plan has no estimate)."""
+    if not costs:
+        return "-"
+    return "/".join(f"{costs[e]['lut']:.0f}" if e in costs else "-" for e in ("rom", "const"))
+
+
+def _const_text(graph, key) -> str:
+    return "-" if not graph else str(graph[key])
+
+
+def _digits_text(graph) -> str:
+    """The most CSD digits of one channel against the bound of the trained P."""
+    if not graph:
+        return "-"
+    bound = graph.get("digit_bound")
+    return f"{graph['csd_digits_max']}/{'-' if bound is None else bound}"
+
+
 def width_table(plan: Plan) -> str:
     rows = width_rows(plan)
     head = ["layer", "K x N", "datatype", "A2Q", "A2Q+", "exact", "per-PE bits", "target P", "saving", "PExSIMD",
-            "cycles"]
+            "cycles", "engine", "est. LUT rom/const", "adders", "digits/bound"]
     lines = []
     for r in rows:
         lines.append([r["layer"], f"{r['K']}x{r['N']}", str(r["datatype"]), str(r["a2q"]), str(r["a2q_plus"]),
                       f"{r['exact_min']}..{r['exact']}" if r["exact_min"] != r["exact"] else str(r["exact"]),
                       _pe_text(r["pe_bits"]), "-" if r["target"] is None else str(r["target"]),
                       f"{r['saving']} bits ({100 * r['saving'] / r['datatype']:.0f}%)",
-                      f"{r['pe']}x{r['simd']}", str(r["cycles"])])
+                      f"{r['pe']}x{r['simd']}", str(r["cycles"]), r["engine"], _cost_text(r["engine_cost"]),
+                      _const_text(r["const"], "adders"), _digits_text(r["const"])])
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
     out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.ljust(w) for c, w in zip(l, widths)) for l in lines]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from accumulus.compiler.plan import Plan
 
-from .top import Engine, GraphSpec, check_policy
+from .top import Engine, GraphSpec, check_engine, check_policy
 
 __all__ = ["build", "BUILD_FORMAT_VERSION", "TOP_NAME"]
 
@@ -52,15 +52,20 @@ def _convert(component, name: str) -> str:
     return _AUTO_TRIGGER.sub(r"\1reg \2;\n\1initial \2 = 1'h0;", text)
 
 
-def build(plan: Plan, out_dir, acc_policy: str = "exact", layers: bool = True, progress=None) -> dict:
-    """Write the RTL of ``plan`` under ``out_dir/rtl``; returns the build.json document."""
+def build(plan: Plan, out_dir, acc_policy: str = "exact", layers: bool = True, progress=None,
+          engine: str = "auto") -> dict:
+    """Write the RTL of ``plan`` under ``out_dir/rtl``; returns the build.json document.
+
+    ``engine``: ``auto`` builds each MAC layer with the plan's engine, ``rom`` / ``const``
+    every MAC layer with that one (hw/top.py)."""
     acc_policy = check_policy(acc_policy)
+    engine = check_engine(engine)
     say = progress or (lambda msg: None)
     out_dir = Path(out_dir)
     rtl = out_dir / "rtl"
     (rtl / "layers").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    graph = GraphSpec(plan, acc_policy)
+    graph = GraphSpec(plan, acc_policy, engine)
     say(f"sized {len(graph.engines)} engines under acc-policy {acc_policy}")
 
     # Each engine is converted once, to its own file; the top is the interconnect around
@@ -93,6 +98,7 @@ def build(plan: Plan, out_dir, acc_policy: str = "exact", layers: bool = True, p
         "format_version": BUILD_FORMAT_VERSION,
         "plan": {"source": plan.doc.get("source", {}).get("model"), "arrays_sha256": plan.doc.get("arrays_sha256")},
         "acc_policy": acc_policy,
+        "engine": engine,
         "verification": plan.doc.get("verification") or {"recorded": False},
         "top": {
             "module": TOP_NAME, "file": f"{TOP_NAME}.v", "ports": _ports(top),

@@ -11,8 +11,12 @@ a FIFO of one whole frame, so the skip path can never stall the main path into d
 
 Engines:
 
-* ``matvec``: the MVU (hw/mvu.py), SIMD elements in, PE out;
-* ``conv``: sliding-window generator (hw/swg.py), then the MVU;
+* ``matvec``: the MVU (hw/mvu.py), SIMD elements in, PE out; or, when the layer's
+  ``engine`` is ``"const"``, the constant-weight engine (hw/constmv.py): the whole vector in
+  one beat, all N channels out, one vector per cycle;
+* ``conv``: sliding-window generator (hw/swg.py), then the MVU (or the constant-weight
+  engine, which takes one output pixel's whole window per beat: the generator then reads
+  ``kh*kw`` window positions per cycle);
 * ``maxpool`` / ``avgpool``: hw/pool.py (the average pool's window sum then its requant);
 * ``requant`` (elementwise): hw/requant.py's requantizer, one lane per element of a beat;
 * ``add``: hw/add.py; ``argmax``: hw/argmax.py;
@@ -44,7 +48,29 @@ from .stream_util import raw_payload
 from .swg import SWGSpec
 from .width import WidthConverter
 
-__all__ = ["EngineSpec", "Engine", "BlackBoxEngine", "Graph", "GraphSpec", "AcceleratorTop", "POLICIES", "check_policy"]
+__all__ = ["EngineSpec", "Engine", "BlackBoxEngine", "Graph", "GraphSpec", "AcceleratorTop", "POLICIES", "check_policy",
+           "ENGINES", "check_engine", "layer_engine"]
+
+# ``auto``: each layer's ``engine`` in the plan (absent: ``rom``); ``rom`` / ``const``: every
+# MAC layer built with that engine whatever the plan chose (for comparisons).
+ENGINES = ("auto", "rom", "const")
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {' | '.join(ENGINES)}, got {engine!r}")
+    return engine
+
+
+def layer_engine(layer: dict, engine: str = "auto") -> str:
+    """The engine a MAC layer is built with: the override, else the plan's choice."""
+    if engine != "auto":
+        return engine
+    choice = layer.get("engine", "rom")
+    if choice not in ("rom", "const"):
+        raise ValueError(f"layer '{layer.get('name')}': engine {choice!r} in the plan is not rom or const; "
+                         "re-run 'accumulus compile'")
+    return choice
 
 
 def check_policy(acc_policy: str) -> str:
@@ -80,15 +106,20 @@ class EngineSpec:
         Elements per beat the producer of the (first) input delivers; engines without a
         folding of their own (pool, requant, add, argmax) adopt it when it divides their
         channels. None: the engine's own preference.
+    engine : "auto" | "rom" | "const"
+        MAC layers: ``auto`` builds the plan's ``layer["engine"]``; ``rom`` / ``const``
+        override it.
     """
 
-    def __init__(self, plan: Plan, layer: dict, acc_policy: str = "exact", in_elems: int | None = None):
+    def __init__(self, plan: Plan, layer: dict, acc_policy: str = "exact", in_elems: int | None = None,
+                 engine: str = "auto"):
         if not isinstance(plan, Plan):
             raise TypeError(f"plan must be a Plan, got {plan!r}")
         if not isinstance(layer, dict) or "kind" not in layer:
             raise TypeError(f"layer must be a plan layer dict, got {layer!r}")
         self.plan, self.layer, self.name, self.kind = plan, layer, layer["name"], layer["kind"]
         self.acc_policy = check_policy(acc_policy)
+        self.engine = None
         self.in_type = plan.tensor_type(layer["inputs"][0])
         self.out_type = plan.tensor_type(layer["output"])
         in_shape = plan.tensor_shape(layer["inputs"][0])
@@ -111,7 +142,20 @@ class EngineSpec:
             if layer.get("conv") and layer["conv"].get("groups", 1) != 1:
                 raise ValueError(f"layer '{self.name}': grouped convolution (groups={layer['conv']['groups']}) "
                                  "is not built yet; use groups=1")
-            self.mvu = MVUSpec(plan, layer, acc_policy)
+            self.engine = layer_engine(layer, check_engine(engine))
+            if self.engine == "const":
+                from accumulus.compiler.passes.fold import DEFAULT_REGISTER_EVERY
+
+                from .constmv import ConstMVSpec
+
+                # the plan's pipeline (chosen from the clock) and sharing; defaults when the
+                # layer was folded for the ROM engine and is built constant by override
+                graph = layer.get("const") or {}
+                self.mvu = ConstMVSpec(plan, layer, acc_policy,
+                                       register_every=int(graph.get("register_every", DEFAULT_REGISTER_EVERY)),
+                                       cse=bool(graph.get("cse", True)))
+            else:
+                self.mvu = MVUSpec(plan, layer, acc_policy)
             simd = self.mvu.in_elems
             self.out_elems = self.mvu.out_elems
             if kind == "conv":
@@ -256,14 +300,20 @@ class EngineSpec:
         if self.mvu is not None:
             fold = self.layer["folding"]
             d.update({
-                "pe": fold["pe"], "simd": fold["simd"],
+                # as built; the plan's folding differs only when --engine overrides its choice
+                "pe": self.mvu.pe, "simd": self.mvu.simd,
+                "plan_folding": {"pe": fold["pe"], "simd": fold["simd"]},
                 "acc_bits": [int(b) for b in self.mvu.acc_bits],
                 "plan_pe_acc_bits": [int(b) for b in fold["pe_acc_bits"]],
                 "channel_order": [int(c) for c in fold["channel_order"]],
                 "threshold_bits": _jsonable(getattr(self.mvu, "threshold_bits", None)),
                 "tree_bits": _jsonable(getattr(self.mvu, "tree_bits", None)),
                 "mvu_latency": self.mvu.latency,
+                "engine": self.engine,
             })
+            if self.engine == "const":
+                rep = self.mvu.report()
+                d["const"] = {k: v for k, v in rep.items() if not isinstance(v, list)}
         if self.swg is not None:
             d["swg"] = {"line_buffer_rows": self.swg.rows, "buffer_words": self.swg.buffer_words,
                         "elems_per_word": self.swg.word_elems, "read_ports": self.swg.lanes,
@@ -380,13 +430,16 @@ class GraphSpec:
     ----------
     plan : Plan
     acc_policy : str
+    engine : "auto" | "rom" | "const"
+        :class:`EngineSpec`'s: the plan's engine per MAC layer, or one for all.
     """
 
-    def __init__(self, plan: Plan, acc_policy: str = "exact"):
+    def __init__(self, plan: Plan, acc_policy: str = "exact", engine: str = "auto"):
         if not isinstance(plan, Plan):
             raise TypeError(f"plan must be a Plan, got {plan!r}")
         self.plan = plan
         self.acc_policy = check_policy(acc_policy)
+        self.engine = check_engine(engine)
         produced = {plan.input_name: None}
         self.engines: list[EngineSpec] = []
         elems = {plan.input_name: None}
@@ -394,7 +447,7 @@ class GraphSpec:
             for t in layer["inputs"]:
                 if t not in produced:
                     raise ValueError(f"layer '{layer['name']}' reads tensor '{t}' before any layer writes it")
-            spec = EngineSpec(plan, layer, acc_policy, in_elems=elems[layer["inputs"][0]])
+            spec = EngineSpec(plan, layer, acc_policy, in_elems=elems[layer["inputs"][0]], engine=engine)
             self.engines.append(spec)
             produced[layer["output"]] = spec
             elems[layer["output"]] = spec.out_elems

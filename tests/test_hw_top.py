@@ -17,13 +17,13 @@ from accumulus.hw.top import GraphSpec
 from conftest import require_module
 
 
-def run_frames(plan, x, gap=0.0, stall=0.0, policy="exact", seed=0):
-    graph = GraphSpec(plan, policy)
+def run_frames(plan, x, gap=0.0, stall=0.0, policy="exact", seed=0, engine="auto"):
+    graph = GraphSpec(plan, policy, engine)
     got, lasts, times = simulate_top(graph, x, gap, stall, seed=seed)
     return graph, got, lasts, times
 
 
-def check_plan(plan, frames=4, gap=0.0, stall=0.0, seed=0, extremes=True, rate=True):
+def check_plan(plan, frames=4, gap=0.0, stall=0.0, seed=0, extremes=True, rate=True, engine="auto"):
     """Random (and all-min / all-max) frames: bit-exact, tlast, and the steady-state rate."""
     itype = plan.tensor_type(plan.input_name)
     shape = plan.tensor_shape(plan.input_name)
@@ -32,7 +32,7 @@ def check_plan(plan, frames=4, gap=0.0, stall=0.0, seed=0, extremes=True, rate=T
     if extremes:
         x[0], x[1] = itype.max, itype.min
     want = golden.run(plan, x)[plan.output_name].reshape(frames, -1)
-    graph, got, lasts, times = run_frames(plan, x, gap, stall, seed=seed)
+    graph, got, lasts, times = run_frames(plan, x, gap, stall, seed=seed, engine=engine)
     np.testing.assert_array_equal(got, want)
     per = graph.out_beats
     assert lasts == ([0] * (per - 1) + [1]) * frames
@@ -165,6 +165,62 @@ def test_exact_minus_one_wraps_on_worst_case_vectors():
     np.testing.assert_array_equal(exact, want)
     _, narrow, _, _ = run_frames(plan, x, policy="exact-minus:1")
     assert not np.array_equal(narrow, want)
+
+
+# -- constant-weight engines (hw/constmv.py) in the top -----------------------------------------
+def test_const_mlp_compiled_with_engine_const(tmp_path):
+    """A QONNX MLP compiled with --engine const: one frame per cycle, bit-exact, also under
+    gaps and stalls."""
+    require_module("onnx")
+    import compiler_graphs as cg
+    from accumulus.compiler.compile import CompileOptions, compile_model
+
+    model, _ = cg.mlp(widths=(32, 16, 10), seed=4, in_shape=(1, 32))
+    plan = compile_model(cg.save(model, tmp_path / "m.onnx"), CompileOptions(engine="const"))
+    assert plan.doc["estimate"]["cycles_per_frame"] == 1
+    graph, _ = check_plan(plan, frames=6)
+    assert [e.engine for e in graph.engines if e.mvu] == ["const", "const"]
+    assert graph.in_elems == 32 and graph.in_beats == 1
+    check_plan(plan, frames=5, gap=0.4, stall=0.4, seed=2)
+
+
+def test_const_conv_takes_a_window_per_cycle():
+    """Conv layers built constant-weight: the window generator hands over a whole window per
+    beat, so a frame takes one input pixel per cycle."""
+    plan = conv_plan((5, 5, 2), (4, 4), pe=[2, 2], simd=[2, 4], seed=2)
+    graph, interval = check_plan(plan, frames=4, rate=False, engine="const")
+    assert all(e.engine == "const" and e.swg.simd == e.layer["fan_in"] for e in graph.engines)
+    assert graph.cycles_per_frame == 25
+    assert np.all(np.abs(interval[1:] - 25) <= 0.10 * 25), list(interval)
+    check_plan(plan, frames=3, gap=0.3, stall=0.3, seed=4, rate=False, engine="const")
+
+
+def test_mixed_rom_and_const_layers_under_gaps_and_stalls():
+    plan = mlp_plan((16, 8, 8, 6), pe=[2, 4, 3], simd=[4, 2, 8], seed=6)
+    plan.layers[1]["engine"] = "const"
+    graph, _ = check_plan(plan, frames=4, gap=0.4, stall=0.4, seed=1, rate=False)
+    assert [e.engine for e in graph.engines] == ["rom", "const", "rom"]
+
+
+def test_const_exact_minus_one_wraps_on_worst_case_vectors():
+    plan = mlp_plan((16, 4), pe=[2], simd=[4], seed=9)
+    w = plan.array(plan.layers[0]["weight"])
+    x_hi, x_lo = worst_case_inputs(w, plan.tensor_type("x"))
+    x = np.concatenate([x_hi, x_lo])
+    want = golden.run(plan, x)[plan.output_name]
+    _, exact, _, _ = run_frames(plan, x, policy="exact", engine="const")
+    np.testing.assert_array_equal(exact, want)
+    _, narrow, _, _ = run_frames(plan, x, policy="exact-minus:1", engine="const")
+    assert not np.array_equal(narrow, want)
+
+
+def test_engine_override_validated():
+    plan = mlp_plan((16, 4), pe=[2], simd=[4], seed=9)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        GraphSpec(plan, "exact", "lut")
+    plan.layers[0]["engine"] = "dsp"
+    with pytest.raises(ValueError, match="layer 'fc0': engine 'dsp'"):
+        GraphSpec(plan, "exact")
 
 
 @pytest.mark.parametrize("policy", ["wide", "fixed:", "exact-minus:x", 3])

@@ -8,9 +8,13 @@ EXAMPLES = """
   accumulus build build/tfc --acc-policy datatype       # accumulators at hls4ml's data-type width
   accumulus build build/tfc --acc-policy fixed:32 --out build/tfc-fixed32
   accumulus build build/tfc --acc-policy exact-minus:1  # deliberately one bit too narrow (wraps)
+  accumulus build build/digits --engine const --out build/digits-const   # every MAC layer constant-weight
 
 Policies size the whole reduction datapath (adder tree, accumulator, threshold compare and
 storage): exact (default, per PE and per adder-tree stage), datatype, fixed:K, exact-minus:D.
+--engine auto (default) builds each MAC layer with the engine the plan chose ('accumulus
+compile --engine'); rom or const builds every MAC layer with that engine (a ROM-folded layer
+built const runs one vector per cycle, faster than the plan's estimate).
 """
 
 
@@ -18,6 +22,8 @@ def add_arguments(p):
     p.add_argument("dir", metavar="DIR", help="project folder holding plan.json and plan.npz (from 'accumulus compile')")
     p.add_argument("--acc-policy", default="exact", metavar="POLICY",
                    help="exact | datatype | fixed:K | exact-minus:D (default: exact)")
+    p.add_argument("--engine", default="auto", choices=("auto", "rom", "const"),
+                   help="MAC layer engine: auto (the plan's choice per layer; default), rom or const (every layer)")
     p.add_argument("--out", metavar="DIR", help="output folder (default: DIR); writes OUT/rtl/")
     p.add_argument("--no-layer-files", action="store_true", help="skip rtl/layers/*.v (the top stays self-contained)")
 
@@ -38,12 +44,12 @@ def run(args) -> int:
     t0 = time.perf_counter()
     plan = load_plan(project)
     out = output_dir(args.out or project, "--out" if args.out else "DIR", children=("rtl", "rtl/layers"))
-    print(f"accumulus build: {len(plan.layers)} layers from {project / 'plan.json'}, acc-policy {policy}", flush=True)
+    print(f"accumulus build: {len(plan.layers)} layers from {project / 'plan.json'}, acc-policy {policy}, engine {args.engine}", flush=True)
 
     from accumulus.hw.build import build
 
     try:
-        doc = build(plan, out, policy, layers=not args.no_layer_files,
+        doc = build(plan, out, policy, layers=not args.no_layer_files, engine=args.engine,
                     progress=lambda msg: print(f"  {msg}", flush=True))
     except (ValueError, TypeError) as exc:
         raise UserError(f"cannot build {project / 'plan.json'}: {exc}") from None

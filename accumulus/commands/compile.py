@@ -7,6 +7,7 @@ EXAMPLES = """
   accumulus compile build/digits/model.onnx --out build/digits
   accumulus compile tfc.onnx --out build/tfc --target-fps 100000 --clock-mhz 100 --board ulx3s-85f
   accumulus compile model.onnx --out build/m --max-pes 64
+  accumulus compile model.onnx --out build/m --engine const          # every MAC layer constant-weight
   accumulus compile qdq.onnx --out build/q --bind scale=scale.npy      # extra graph inputs as constants
   accumulus compile model.onnx --out build/m --calib x_test.npy          # verify on your data as well
   accumulus compile hls4ml_style.onnx --out build/h --input-type 'fixed<8,3>'   # float input, declared type
@@ -16,6 +17,8 @@ QONNX graphs, onnxruntime with optimisations off for QDQ/QOperator) on 32 inputs
 input's code range (plus --calib) and refuses (exit 2) when integer codes differ beyond float ties.
 
 Default folding (no option): about 1024 cycles per frame (see compiler/passes/fold.py).
+--engine auto (default) chooses per MAC layer between the folded ROM engine and the
+constant-weight engine (one vector per cycle) by the cost model; the plan records both costs.
 """
 
 
@@ -25,6 +28,9 @@ def add_arguments(p):
     p.add_argument("--target-fps", type=float, metavar="F", help="frames per second to reach (with --clock-mhz)")
     p.add_argument("--clock-mhz", type=float, metavar="C", help="clock the fps target is computed at")
     p.add_argument("--max-pes", type=int, metavar="N", help="at most N MAC lanes (PE x SIMD summed over layers)")
+    p.add_argument("--engine", default="auto", choices=("rom", "const", "auto"),
+                   help="MAC layer engine: rom (folded, weights in ROM), const (constant-weight adder graph, one "
+                        "vector per cycle) or auto (per layer by the cost model; default)")
     p.add_argument("--board", metavar="B", help="board id (boards/data/B.json): fold within its budget")
     p.add_argument("--bind", action="append", default=[], metavar="NAME=FILE.npy",
                    help="bind a graph input to a constant (repeatable)")
@@ -47,20 +53,26 @@ def add_input_type_arguments(p):
 
 def board_budget(board: str | None):
     """(budget, family, message) for a board id, from boards/data/<id>.json."""
+    budget, family, msg, _ = board_info(board)
+    return budget, family, msg
+
+
+def board_info(board: str | None):
+    """(budget, family, message, clock_mhz) for a board id, from boards/data/<id>.json."""
     import json
     from importlib import resources
 
     if not board:
-        return None, None, None
+        return None, None, None, None
     if "/" in board or "\\" in board or board.startswith("."):
         from accumulus.errors import UserError
         raise UserError(f"--board '{board}': expected a board id such as icebreaker, ulx3s-85f, arty-a7-35t")
     try:
         text = resources.files("accumulus.boards").joinpath("data", f"{board}.json").read_text()
     except (FileNotFoundError, ModuleNotFoundError, OSError):
-        return None, None, f"board '{board}' has no boards/data/{board}.json: folding without a resource budget"
+        return None, None, f"board '{board}' has no boards/data/{board}.json: folding without a resource budget", None
     doc = json.loads(text)
-    return doc.get("budget"), doc.get("family"), None
+    return doc.get("budget"), doc.get("family"), None, doc.get("clock_mhz")
 
 
 def verify(plan, args, binds) -> dict:
@@ -114,12 +126,13 @@ def run(args) -> int:
         if value is not None and not (math.isfinite(value) and value > 0):
             raise UserError(f"{option} {value}: must be a positive number")
     check_binds(args.bind)
-    budget, family, msg = board_budget(args.board)
+    budget, family, msg, board_clock = board_info(args.board)
     if msg:
         print(f"accumulus compile: warning: {msg}", file=sys.stderr)
     opts = CompileOptions(target_fps=args.target_fps, clock_mhz=args.clock_mhz, max_pes=args.max_pes,
                           board=args.board, budget=budget, family=family, binds=parse_binds(args.bind),
-                          input_type=args.input_type, input_scale=args.input_scale)
+                          input_type=args.input_type, input_scale=args.input_scale,
+                          engine=args.engine, board_clock_mhz=board_clock)
     plan = compile_model(args.model, opts)
     if args.board and budget:
         plan.doc["options"]["budget"] = budget
