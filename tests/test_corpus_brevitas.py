@@ -90,26 +90,6 @@ def _inputs(plan, om, n):
     return np.concatenate([x_cal.astype(np.float32), x_uni])
 
 
-def _code_tie_samples(lines):
-    return {int(line.split()[1].rstrip(":")) for line in lines}
-
-
-def _top1(ref, y, tie_samples, tol=1e-4):
-    """Fraction of samples whose top-1 agrees; a sample whose golden logits tie exactly at the
-    top with the reference's pick among them and the reference's margin within float noise,
-    or whose codes differ by a proven tie, is not counted as a disagreement."""
-    bad = np.nonzero(ref.argmax(1) != y.argmax(1))[0]
-    span = float(np.ptp(ref)) or 1.0
-    real = []
-    for b in bad:
-        top = np.sort(ref[b])[::-1][:2]
-        pick = int(ref[b].argmax())
-        exact_tie = y[b, pick] == y[b].max() and top[0] - top[1] <= tol * span
-        if not (exact_tie or int(b) in tie_samples):
-            real.append(int(b))
-    return 1 - len(real) / len(ref), real
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_brevitas_export_agrees_with_qonnx(tmp_path, case):
     torch = require_module("torch")
@@ -146,8 +126,8 @@ def test_brevitas_export_agrees_with_qonnx(tmp_path, case):
     np.testing.assert_array_equal(cg.to_stream(in_codes).reshape(len(x), -1), gold_in)
 
     # top-1, and the logits of every sample without a code tie
-    ties = _code_tie_samples(lines)
-    top1, real = _top1(ref, y, ties)
+    ties = cg.code_tie_samples(lines)
+    top1, real = cg.top1_excusing_ties(ref, y, ties)
     assert top1 >= MIN_AGREE, f"top-1 {top1:.4f}; samples {real[:10]} disagree without a tie"
     clean = np.array([b not in ties for b in range(len(x))])
     scale = max(1.0, float(np.abs(ref).max()))

@@ -20,6 +20,7 @@ import itertools
 import numpy as np
 import pytest
 
+import compiler_graphs as cg
 from accumulus.commands.predict import predict
 from accumulus.compiler.compile import compile_model
 from accumulus.compiler.verify import calibration_batch, compare
@@ -58,21 +59,6 @@ def _float_model(case):
     return og.random_cnn(seed=s, softmax=case["softmax"], gemm_head=arch == "cnn-gemm"), og.DIGITS_SHAPE
 
 
-def _top1(ref, y, tie_samples, tol=1e-4):
-    """As tests/test_corpus_brevitas.py: a sample is not a disagreement when its codes differ by a
-    proven float tie, or when the golden outputs tie exactly at the top with the reference's pick
-    among them and the reference's own margin is float noise."""
-    bad = np.nonzero(ref.argmax(1) != y.argmax(1))[0]
-    span = float(np.ptp(ref)) or 1.0
-    real = []
-    for b in bad:
-        top = np.sort(ref[b])[::-1][:2]
-        pick = int(ref[b].argmax())
-        if not ((y[b, pick] == y[b].max() and top[0] - top[1] <= tol * span) or int(b) in tie_samples):
-            real.append(int(b))
-    return 1 - len(real) / len(ref), real
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_onnxruntime_quantized_graph_agrees(tmp_path, case):
     require_module("onnxruntime")
@@ -102,8 +88,8 @@ def test_onnxruntime_quantized_graph_agrees(tmp_path, case):
         print(line)
     assert len(stats) >= (2 if case["arch"] in ("matmul-add", "gemm") else 3), sorted(stats)
     assert all_ties, "\n".join(lines)
-    ties = {int(line.split()[1].rstrip(":")) for line in lines}
-    top1, real = _top1(ref, y, ties)
+    ties = cg.code_tie_samples(lines)
+    top1, real = cg.top1_excusing_ties(ref, y, ties)
     assert top1 >= MIN_AGREE, f"top-1 {top1:.4f}; samples {real[:10]} disagree without a tie"
     clean = np.array([b not in ties for b in range(len(x))])
     assert y.dtype == ref.dtype, (y.dtype, ref.dtype)

@@ -11,8 +11,6 @@ briefly on MNIST here, exported with ``brevitas.export.export_qonnx``, then take
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
 import pytest
@@ -109,12 +107,4 @@ def test_brevitas_bn_mlp_compile_predict_build_cosim(tmp_path):
     assert top1 >= MIN_AGREE
     assert accuracy > 0.8, "the trained net should be a real classifier"
 
-    assert main(["build", str(proj)]) == 0
-    stim = tmp_path / "x.npy"
-    np.save(stim, x[:64])
-    assert main(["sim", str(proj), "--simulator", "verilator", "--stimulus", str(stim), "--frames", "64"]) == 0
-    res = json.loads((proj / "sim" / "results.json").read_text())
-    run = res["runs"][0]
-    n = 64 + run["measure_frames"]                 # + the no-back-pressure phase that measures cycles
-    assert res["passed"] and res["mismatches"] == 0 and res["frames"] == n, res
-    assert run["frames_sent"] == run["frames_received"] == n and res["frames_missing"] == 0
+    cg.build_and_cosim_verilator(proj, x, tmp_path / "x.npy")

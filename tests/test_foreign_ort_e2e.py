@@ -13,13 +13,12 @@ digits image), ``build`` and ``sim`` on Verilator.
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 
+import compiler_graphs as cg
 from accumulus.cli import main
 from accumulus.commands.predict import predict
 from accumulus.compiler.plan import Plan
@@ -85,7 +84,7 @@ def test_onnxruntime_qdq_mlp_compile_predict_build_cosim(tmp_path):
     logits = [l for l in plan.layers if l.get("onnx_tensor")][-1]
     top1 = float(np.mean(env[logits["output"]].reshape(len(x), -1).argmax(1)
                          == ctx[logits["onnx_tensor"]].reshape(len(x), -1).argmax(1)))
-    ties = {int(line.split()[1].rstrip(":")) for line in lines}
+    ties = cg.code_tie_samples(lines)
     clean = np.array([b not in ties for b in range(len(x))])
     np.testing.assert_array_equal(y[clean], ref[clean])
     accuracy = float(np.mean(ref.argmax(1) == labels))
@@ -94,12 +93,4 @@ def test_onnxruntime_qdq_mlp_compile_predict_build_cosim(tmp_path):
     assert len(x) >= 1000 and top1 >= MIN_AGREE
     assert accuracy > 0.85, "the trained net should be a real classifier"
 
-    assert main(["build", str(proj)]) == 0
-    stim = tmp_path / "x.npy"
-    np.save(stim, x[:64])
-    assert main(["sim", str(proj), "--simulator", "verilator", "--stimulus", str(stim), "--frames", "64"]) == 0
-    res = json.loads((proj / "sim" / "results.json").read_text())
-    run = res["runs"][0]
-    n = 64 + run["measure_frames"]
-    assert res["passed"] and res["mismatches"] == 0 and res["frames"] == n, res
-    assert run["frames_sent"] == run["frames_received"] == n and res["frames_missing"] == 0
+    cg.build_and_cosim_verilator(proj, x, tmp_path / "x.npy")
