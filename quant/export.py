@@ -46,7 +46,7 @@ from accumulus.errors import UserError
 from .brevitas_config import forward_once
 from .models import ModelConfig, quant_layers
 
-__all__ = ["LayerExport", "export_model", "quant_weights", "read_layers", "verify_onnx", "METADATA_KEY"]
+__all__ = ["LayerExport", "export_model", "export_mls_model", "MLS_DOMAIN", "quant_weights", "read_layers", "verify_onnx", "METADATA_KEY"]
 
 METADATA_KEY = "accumulus"
 _WEIGHT_OPS = ("MatMul", "Gemm", "Conv")
@@ -333,6 +333,8 @@ def export_model(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, sample
     ``sample`` is a small input batch (N, C, H, W): it drives the forward pass that captures
     each layer's input QuantTensor, and its first image traces the graph (batch size 1).
     """
+    if cfg.quant == "mls":
+        return export_mls_model(model, cfg, out_dir, test_accuracy)
     from brevitas.export import export_onnx_qcdq, export_qonnx
 
     if fmt not in ("qonnx", "qcdq"):
@@ -451,3 +453,111 @@ def _patch_qcdq(model: onnx.ModelProto, layers: list[LayerExport], cfg: ModelCon
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, {METADATA_KEY: json.dumps(meta)})
     return model
+
+
+# -- MLS (docs/mls.md, "ONNX export") ---------------------------------------------------------
+MLS_DOMAIN = "accumulus"
+MLS_OP = "MLSQuant"
+
+
+def _mls_quant_node(nodes, x: str, y: str, fmt, per_sample: int) -> None:
+    from onnx import helper
+
+    nodes.append(helper.make_node(MLS_OP, [x], [y], name=f"{y}_mls", domain=MLS_DOMAIN,
+                                  mantissa_bits=fmt.mantissa_bits, exponent_bits=fmt.exponent_bits,
+                                  group_size=fmt.group_size, group_bits=fmt.group_bits, per_sample=per_sample))
+
+
+def export_mls_model(model: nn.Module, cfg: ModelConfig, out_dir: str | Path,
+                     test_accuracy: float | None = None) -> Path:
+    """Write ``out_dir/model.onnx`` of a ``quant="mls"`` model (quant/mls.py's MLSMLP / MLSCNN).
+
+    Built node by node (opset 14 plus the ``accumulus`` domain): every MatMul-like node reads
+    ``MLSQuant(weight)`` and ``MLSQuant(activation)``. Weights are stored pre-quantized (the
+    exact values of their MLS codes, so the file holds the trained model whatever quantizer
+    reads it; MLSQuant is idempotent on them), laid out ``(N, C, ...)`` so that groups run along
+    axis 1, the input channels; a classifier reading a ``(C, H, W)`` tensor keeps its weight as
+    ``(N, C, H, W)`` and reshapes after quantization. BatchNormalization is exported in eval
+    form. The metadata key ``accumulus`` records ``{"quant": "mls", "mls": "M,E,G,Eg", ...}``.
+    """
+    from onnx import TensorProto, helper
+
+    from .mls import MLSCNN, MLSMLP, MLSFormat, fake_quantize
+
+    if not isinstance(model, (MLSMLP, MLSCNN)):
+        raise UserError(f"MLS export needs an MLS model (quant/mls.py), got {type(model).__name__}")
+    fmt = MLSFormat.parse(cfg.mls)
+    model.eval()
+    nodes, inits = [], []
+
+    def const(name, a):
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(a, dtype=np.float32), name))
+        return name
+
+    def weight(name, layer, view):
+        w = layer.weight.detach().to(torch.float32).reshape(view)
+        wq = fake_quantize(w, fmt, "nearest").numpy()
+        const(f"{name}.weight", wq)
+        _mls_quant_node(nodes, f"{name}.weight", f"{name}.weight_q", fmt, 0)
+        return f"{name}.weight_q"
+
+    def gemm(name, layer, x, view):
+        wq = weight(name, layer, (layer.out_features,) + tuple(view))
+        _mls_quant_node(nodes, x, f"{name}.input_q", fmt, 1)
+        a = f"{name}.input_q"
+        if len(view) > 1:
+            nodes.append(helper.make_node("Flatten", [a], [f"{name}.input_flat"], name=f"{name}.flatten", axis=1))
+            a = f"{name}.input_flat"
+            inits.append(numpy_helper.from_array(np.array([layer.out_features, -1], np.int64), f"{name}.weight_shape"))
+            nodes.append(helper.make_node("Reshape", [wq, f"{name}.weight_shape"], [f"{name}.weight_2d"],
+                                          name=f"{name}.weight_reshape"))
+            wq = f"{name}.weight_2d"
+        nodes.append(helper.make_node("Gemm", [a, wq], [f"{name}.out"], name=name, transB=1))
+        return f"{name}.out"
+
+    x = "input"
+    if isinstance(model, MLSMLP):
+        nodes.append(helper.make_node("Flatten", [x], ["flat"], name="flatten", axis=1))
+        x = "flat"
+        for i, layer in enumerate(model.layers):
+            x = gemm(f"layers.{i}", layer, x, (layer.in_features,))
+            if i < len(model.layers) - 1:
+                nodes.append(helper.make_node("Relu", [x], [f"acts.{i}.out"], name=f"acts.{i}"))
+                x = f"acts.{i}.out"
+    else:
+        for i in (1, 2, 3):
+            conv, bn = getattr(model, f"conv{i}"), getattr(model, f"bn{i}")
+            wq = weight(f"conv{i}", conv, tuple(conv.weight.shape))
+            _mls_quant_node(nodes, x, f"conv{i}.input_q", fmt, 1)
+            p = int(conv.padding[0])
+            nodes.append(helper.make_node("Conv", [f"conv{i}.input_q", wq], [f"conv{i}.out"], name=f"conv{i}",
+                                          kernel_shape=list(conv.kernel_size), pads=[p] * 4,
+                                          strides=list(conv.stride)))
+            bn_in = [f"conv{i}.out"] + [const(f"bn{i}.{k}", getattr(bn, a).detach().numpy())
+                                        for k, a in (("scale", "weight"), ("bias", "bias"),
+                                                     ("mean", "running_mean"), ("var", "running_var"))]
+            nodes.append(helper.make_node("BatchNormalization", bn_in, [f"bn{i}.out"], name=f"bn{i}", epsilon=bn.eps))
+            nodes.append(helper.make_node("Relu", [f"bn{i}.out"], [f"act{i}.out"], name=f"act{i}"))
+            x = f"act{i}.out"
+            if i in (2, 3):
+                k = 1 if i == 2 else 2
+                nodes.append(helper.make_node("MaxPool", [x], [f"pool{k}.out"], name=f"pool{k}",
+                                              kernel_shape=[2, 2], strides=[2, 2]))
+                x = f"pool{k}.out"
+        x = gemm("fc", model.fc, x, model.fc.group_view)
+    nodes.append(helper.make_node("Identity", [x], ["logits"], name="output"))
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch"] + list(cfg.in_shape))
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", cfg.num_classes])
+    graph = helper.make_graph(nodes, "accumulus_mls", [inp], [out], initializer=inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14), helper.make_opsetid(MLS_DOMAIN, 1)],
+                              producer_name="accumulus", producer_version=__version__)
+    proto.ir_version = 8
+    meta = {"version": __version__, "dataset": cfg.dataset, "test_accuracy": test_accuracy, "quant": "mls",
+            "mls": cfg.mls, "input": cfg.input_quant.to_json(), "config": cfg.to_json()}
+    helper.set_model_props(proto, {METADATA_KEY: json.dumps(meta)})
+    onnx.checker.check_model(proto)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "model.onnx"
+    onnx.save(proto, str(path))
+    return path

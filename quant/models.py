@@ -65,6 +65,7 @@ class ModelConfig:
     in_shape: tuple[int, ...] = (1, 8, 8)
     num_classes: int = 10
     preset: str | None = None
+    mls: str | None = None            # quant="mls" only: the MLS format "M,E,G,Eg" (quant/mls.py)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -130,8 +131,15 @@ def make_config(dataset_shape: tuple[int, ...] | None = None, num_classes: int |
         iq, shape, classes = dataset_iq, tuple(dataset_shape), int(num_classes)
     kw.update(input_bits=iq.bits, input_scale=iq.scale, in_shape=tuple(shape), num_classes=classes)
     quant = kw.get("quant", "a2q+")
-    if quant not in bc.QUANT_MODES:
-        raise UserError(f"unknown quant mode '{quant}': choose one of {', '.join(bc.QUANT_MODES)}")
+    if quant not in bc.QUANT_MODES + ("mls",):
+        raise UserError(f"unknown quant mode '{quant}': choose one of {', '.join(bc.QUANT_MODES + ('mls',))}")
+    if quant == "mls":
+        from accumulus.compiler.mls import MLSFormat
+
+        f = MLSFormat.parse(kw.get("mls") or "1,2,4,2")
+        kw["mls"] = f"{f.mantissa_bits},{f.exponent_bits},{f.group_size},{f.group_bits}"
+    elif kw.get("mls") is not None:
+        raise UserError(f"--mls {kw['mls']} needs --quant mls (got --quant {quant})")
     if quant not in ("a2q", "a2q+"):
         kw["acc_bits"] = None
     cfg = ModelConfig(**kw)
@@ -285,6 +293,10 @@ def build_model(cfg: ModelConfig | dict) -> nn.Module:
     if isinstance(cfg, dict):
         cfg = ModelConfig.from_json(cfg)
     validate(cfg)
+    if cfg.quant == "mls":
+        from .mls import build_mls_model
+
+        return build_mls_model(cfg)
     if cfg.model == "mlp":
         return QuantMLP(cfg)
     return QuantCNN(cfg, residual=(cfg.model == "resnet"))

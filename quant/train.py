@@ -240,11 +240,11 @@ def train(cfg: ModelConfig, out_dir: str | Path | None, opts: TrainOptions,
         "versions": _versions(),
     }
     sample = torch.from_numpy(ds.x_test[:8])
-    if cfg.quant != "float":
+    if cfg.quant not in ("float", "mls"):
         result.update(weight_stats(model, cfg, sample))
     if opts.float_baseline and cfg.quant != "float":
         fcfg = ModelConfig(**{**cfg.to_json(), "hidden": cfg.hidden, "in_shape": cfg.in_shape,
-                              "quant": "float", "acc_bits": None})
+                              "quant": "float", "acc_bits": None, "mls": None})
         torch.manual_seed(opts.seed)
         fmodel = build_model(fcfg)
         fopts = TrainOptions(**{**opts.__dict__, "resume": False})

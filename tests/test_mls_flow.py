@@ -1,0 +1,119 @@
+"""MLS end to end: ``--quant mls`` training (quant/mls.py), the ``accumulus.MLSQuant`` ONNX
+export run by onnx.reference (with a Python implementation of the custom op), and the
+compiler's integer-only MLS golden model against PyTorch and onnx.reference."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
+
+from accumulus.cli import main
+from accumulus.compiler import mls
+from accumulus.compiler.mls import MLSFormat
+from accumulus.quant import mls as qmls
+from accumulus.quant.data import load_dataset
+from accumulus.quant.export import export_model
+from accumulus.quant.models import build_model, preset
+from accumulus.quant.train import TrainOptions, train
+
+
+class MLSQuant(OpRun):
+    """onnx.reference implementation of ``accumulus.MLSQuant`` (docs/mls.md): the PyTorch
+    quantizer of quant/mls.py on float32 tensors, independent of the numpy golden path."""
+
+    op_domain = "accumulus"
+
+    def _run(self, x, mantissa_bits=None, exponent_bits=None, group_size=None, group_bits=None, per_sample=None):
+        fmt = MLSFormat(int(mantissa_bits), int(exponent_bits), int(group_size), int(group_bits))
+        y = qmls.fake_quantize(torch.from_numpy(np.asarray(x, np.float32)), fmt, "nearest", per_sample=bool(per_sample))
+        return (y.numpy(),)
+
+
+def _reference(path):
+    return ReferenceEvaluator(path if isinstance(path, onnx.ModelProto) else str(path), new_ops=[MLSQuant])
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", seed=0)
+
+
+# -- training ---------------------------------------------------------------------------------
+def test_per_sample_codes_equal_quantizing_each_sample_alone():
+    fmt = mls.FORMAT_1M2E
+    x = torch.randn(5, 6, 3, 3) * torch.exp(torch.randn(5, 1, 1, 1))
+    c = qmls.quantize_torch(x, fmt, per_sample=True)
+    for i in range(5):
+        one = mls.quantize(x[i:i + 1].numpy(), fmt)
+        for k in ("sign", "exponent", "mantissa", "zero", "group_exponent"):
+            assert np.array_equal(c[k][i:i + 1].numpy(), getattr(one, k)), k
+        assert float(c["tensor_scale"][i].flatten()[0]) == one.tensor_scale
+
+
+def test_mls_layers_compute_on_mls_values_and_quantize_output_errors():
+    torch.manual_seed(0)
+    fmt = MLSFormat(2, 2, 3, 2)
+    conv = qmls.MLSConv2d(5, 4, fmt=fmt)
+    x = torch.randn(3, 5, 6, 6, requires_grad=True)
+    y = conv(x)
+    xq = np.stack([mls.dequantize(mls.quantize(x[i:i + 1].detach().numpy(), fmt))[0] for i in range(3)])
+    wq = mls.dequantize(mls.quantize(conv.weight.detach().numpy(), fmt))
+    ref = torch.nn.functional.conv2d(torch.from_numpy(xq), torch.from_numpy(wq), padding=1)
+    assert torch.allclose(y.double(), ref, rtol=1e-5, atol=1e-6)
+    # backward: the weight gradient is the correlation of the MLS-quantized output error with
+    # the MLS input; every error element must be an MLS value of the error tensor
+    seen = {}
+    y.register_hook(lambda g: seen.setdefault("g", g))
+    upstream = torch.randn_like(y)
+    torch.manual_seed(3)
+    y.backward(upstream)
+    torch.manual_seed(3)
+    gq = qmls.fake_quantize(upstream, fmt, "stochastic")
+    assert not torch.equal(gq, upstream)
+    wgrad = torch.nn.grad.conv2d_weight(torch.from_numpy(xq).float(), conv.weight.shape, gq, padding=1)
+    assert torch.allclose(conv.weight.grad, wgrad, rtol=1e-4, atol=1e-5)
+    again = mls.quantize(gq.numpy(), fmt)
+    assert np.allclose(mls.dequantize(again), gq.numpy(), rtol=0, atol=1e-7 * float(gq.abs().max()))
+
+
+def test_train_cli_mls_cnn_and_bad_format(tmp_path, capsys):
+    out = tmp_path / "m"
+    code = main(["train", "--preset", "digits-cnn", "--quant", "mls", "--mls", "1,2,4,2", "--epochs", "1",
+                 "--limit", "200", "--quiet", "--out", str(out)])
+    assert code == 0
+    res = json.loads((out / "train.json").read_text())
+    assert res["config"]["quant"] == "mls" and res["config"]["mls"] == "1,2,4,2"
+    model = onnx.load(str(out / "model.onnx"))
+    assert sum(n.op_type == "MLSQuant" and n.domain == "accumulus" for n in model.graph.node) == 8
+    capsys.readouterr()
+    assert main(["train", "--quant", "mls", "--mls", "1,2,4", "--out", str(tmp_path / "bad")]) != 0
+    assert "--mls expects four integers M,E,G,Eg" in capsys.readouterr().err
+    assert main(["train", "--quant", "int", "--mls", "1,2,4,2", "--out", str(tmp_path / "bad2")]) != 0
+    assert "needs --quant mls" in capsys.readouterr().err
+
+
+# -- export -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn"])
+def test_export_runs_in_onnx_reference_as_pytorch(name, tmp_path, digits):
+    torch.manual_seed(1)
+    cfg = preset(name, quant="mls")
+    model = build_model(cfg).eval()
+    if name == "digits-cnn":      # non-trivial BatchNorm statistics
+        for bn in (model.bn1, model.bn2, model.bn3):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.uniform_(-0.1, 0.1)
+    path = export_model(model, cfg, tmp_path, torch.from_numpy(digits.x_test[:8]))
+    x = digits.x_test[:200]
+    (ref,) = _reference(path).run(None, {"input": x})
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    assert ref.shape == want.shape
+    assert np.mean(ref.argmax(1) == want.argmax(1)) >= 0.995
+    assert np.allclose(ref, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
