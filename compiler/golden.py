@@ -342,3 +342,62 @@ def onnx_output(plan, env):
     if np.issubdtype(dtype, np.integer):
         return np.asarray(np.rint(val)).astype(dtype)
     return np.asarray(val).astype(dtype)
+
+
+# -- MLS plans (compiler/frontend/mls_load.py, docs/mls.md) --------------------------------
+def run_mls(plan, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Run an :class:`~accumulus.compiler.frontend.mls_load.MLSPlan` on float inputs (ONNX
+    layout). Each MLS layer quantizes its input per sample (compiler/mls.py), computes the
+    integer-only MLS dot products (:func:`~accumulus.compiler.mls.mls_conv2d`, accumulators
+    checked against their widths) and requantizes once per output:
+    ``y = T · 2^-shift · S_w · S_x · a_c + b_c`` (ReLU if fused), in float64 from the exact
+    integer ``T``, then float32 (the activations' dtype). Returns every tensor by name, and
+    ``<layer>.acc`` (the integer dot accumulators, (B, N[, OH, OW])).
+    """
+    from . import mls as _mls
+
+    x = np.asarray(x, dtype=np.float32)
+    want = tuple(plan.doc["input"]["shape"])
+    if x.shape[1:] != want:
+        raise UserError(f"input has shape {x.shape}, the MLS model expects (B, {', '.join(map(str, want))})")
+    env = {plan.doc["input"]["name"]: x}
+    for layer in plan.layers:
+        a = env[layer["input"]]
+        if layer["kind"] == "flatten":
+            env[layer["output"]] = a.reshape(a.shape[0], -1)
+            continue
+        if layer["kind"] == "maxpool":
+            (kh, kw), (sh, sw) = layer["kernel"], layer["stride"]
+            b, c, h, w = a.shape
+            oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+            win = np.stack([a[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] for i in range(kh) for j in range(kw)])
+            env[layer["output"]] = win.max(axis=0)
+            continue
+        fmt = plan.format(layer)
+        wc = plan.weight_codes(layer)
+        if layer["kind"] == "mls_matvec" and a.ndim == 2 and len(wc.shape) != 2:
+            raise UserError(f"MLS layer '{layer['name']}': weight {wc.shape} needs an unflattened input")
+        accs, scales = [], []
+        for i in range(a.shape[0]):            # one tensor scale per sample
+            xc = _mls.quantize(a[i:i + 1], fmt)
+            if layer["kind"] == "mls_conv":
+                r = _mls.mls_conv2d(wc, xc, stride=layer["stride"], padding=layer["padding"])
+            elif len(wc.shape) == 2:
+                r = _mls.mls_linear(wc, xc)
+            else:                               # (N, C, H, W) weight over an unflattened (C, H, W) input
+                r = _mls.mls_conv2d(wc, xc)
+                r.acc = r.acc.reshape(1, -1)
+            accs.append(r.acc[0])
+            scales.append(xc.tensor_scale)
+        acc = np.stack(accs)
+        env[layer["name"] + ".acc"] = acc
+        k = np.asarray(scales, np.float64) * (2.0 ** -r.output_shift) * wc.tensor_scale
+        y = acc.astype(np.float64) * k.reshape((-1,) + (1,) * (acc.ndim - 1))
+        rq = layer["requant"]
+        if rq["mult"] is not None:
+            shape = (1, -1) + (1,) * (acc.ndim - 2)
+            y = y * np.asarray(rq["mult"]).reshape(shape) + np.asarray(rq["bias"]).reshape(shape)
+        if rq["relu"]:
+            y = np.maximum(y, 0.0)
+        env[layer["output"]] = y.astype(np.float32)
+    return env

@@ -117,3 +117,90 @@ def test_export_runs_in_onnx_reference_as_pytorch(name, tmp_path, digits):
     assert ref.shape == want.shape
     assert np.mean(ref.argmax(1) == want.argmax(1)) >= 0.995
     assert np.allclose(ref, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+
+
+# -- compiler: MLS lowering and the integer-only golden model ---------------------------------
+@pytest.fixture(scope="module", params=["digits-mlp", "digits-cnn"])
+def trained(request, digits, tmp_path_factory):
+    """A short-trained MLS model (2 epochs, about a second) and its export."""
+    cfg = preset(request.param, quant="mls")
+    model, _ = train(cfg, None, TrainOptions(epochs=2, progress=False, float_baseline=False), dataset=digits)
+    model.eval()
+    path = export_model(model, cfg, tmp_path_factory.mktemp(request.param), None)
+    return request.param, cfg, model, path
+
+
+def test_golden_top1_matches_pytorch_and_onnx_reference(trained, digits):
+    from accumulus.compiler.frontend.mls_load import lower_mls
+    from accumulus.compiler.golden import run_mls
+
+    name, cfg, model, path = trained
+    plan = lower_mls(path)
+    kinds = [l["kind"] for l in plan.layers]
+    assert kinds.count("mls_conv") == (3 if name == "digits-cnn" else 0)
+    assert kinds.count("mls_matvec") == (1 if name == "digits-cnn" else 3)
+    x = digits.x_test
+    env = run_mls(plan, x)
+    gold = env[plan.doc["output"]]
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    (ref,) = _reference(path).run(None, {"input": x})
+    agree_torch = np.mean(gold.argmax(1) == want.argmax(1))
+    agree_ref = np.mean(gold.argmax(1) == ref.argmax(1))
+    assert agree_torch >= 0.999 and agree_ref >= 0.999, (agree_torch, agree_ref)
+    # the logits agree to the float32 rounding of the reference's convolutions, except in
+    # samples where an MLS code differs: those must be proven quantization ties
+    differ = np.flatnonzero(np.abs(gold - ref).max(1) > 1e-4 * np.abs(ref).max())
+    assert len(differ) <= 0.01 * len(x)
+    _assert_code_ties(path, plan, env, x, differ)
+    # the accumulators are integers and the golden model's value is exactly T * 2^-shift * S_w * S_x
+    for layer in plan.layers:
+        if layer["kind"].startswith("mls_"):
+            assert env[layer["name"] + ".acc"].dtype == np.int64
+
+
+def test_mls_plan_round_trips_and_refuses_foreign_ops(trained, tmp_path):
+    from accumulus.compiler.frontend.mls_load import MLSPlan, lower_mls
+    from accumulus.compiler.golden import run_mls
+    from accumulus.errors import UserError
+
+    name, cfg, model, path = trained
+    plan = lower_mls(path)
+    plan.save(tmp_path / "p")
+    again = MLSPlan.load(tmp_path / "p")
+    x = np.random.default_rng(0).random((4,) + tuple(cfg.in_shape)).astype(np.float32)
+    assert np.array_equal(run_mls(plan, x)[plan.doc["output"]], run_mls(again, x)[again.doc["output"]])
+    m = onnx.load(str(path))
+    m.graph.node[-1].op_type = "Sigmoid"
+    bad = tmp_path / "bad.onnx"
+    onnx.save(m, str(bad))
+    with pytest.raises(UserError, match="Sigmoid.*not supported in an MLS graph"):
+        lower_mls(bad)
+
+
+def _assert_code_ties(path, plan, env, x, samples):
+    """Each sample in ``samples`` has a first MLS layer whose input codes differ between the
+    golden model and onnx.reference (quantizing the reference's float input the same way);
+    all earlier layers agree in every code, and at that layer the two float inputs differ by
+    float32 rounding only (1e-5 of the sample's largest magnitude): the quantizer, a step
+    function, saw an element within rounding of one of its steps (a tie)."""
+    from onnx import helper
+
+    layers = [l for l in plan.layers if l["kind"].startswith("mls_")]
+    m = onnx.load(str(path))
+    del m.graph.output[:]
+    for l in layers:
+        m.graph.output.append(helper.make_empty_tensor_value_info(l["input"]))
+    ref_in = dict(zip([l["input"] for l in layers], _reference(m).run(None, {"input": x})))
+    for i in samples:
+        for l in layers:
+            fmt = plan.format(l)
+            a, b = env[l["input"]][i:i + 1], ref_in[l["input"]][i:i + 1]
+            ca, cb = mls.quantize(a, fmt), mls.quantize(b, fmt)
+            same = ca.tensor_scale == cb.tensor_scale and all(
+                np.array_equal(getattr(ca, k), getattr(cb, k)) for k in ("sign", "exponent", "mantissa", "zero", "group_exponent"))
+            if not same:
+                assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max(), (i, l["name"])
+                break
+        else:
+            raise AssertionError(f"sample {i}: logits differ but every MLS code agrees (a golden-model bug)")
