@@ -9,7 +9,9 @@ features are fitted to the measured LUT and FF counts by non-negative least squa
 data: they replace the family's table in ``compiler/cost_coefficients.json`` together with
 the calibration's provenance (Yosys version, configurations, errors).
 
-Run: ``python -m accumulus.boards.calibrate --family ice40 --out build/calibration``.
+Run: ``python -m accumulus.boards.calibrate --family ice40 --out build/calibration``; with
+``--engine const`` the constant-weight engines (:data:`CONST_CONFIGS`) are calibrated instead and
+their coefficients added to the family's table.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ from accumulus.compiler.types import IntType
 
 from .synth import SynthJob, run_many, yosys_version
 
-__all__ = ["Config", "DEFAULT_CONFIGS", "features", "fit", "calibrate", "coefficients_path"]
+__all__ = ["Config", "ConstConfig", "DEFAULT_CONFIGS", "CONST_CONFIGS", "features", "fit", "calibrate",
+           "calibrate_const", "coefficients_path"]
 
 LUT_TERMS = ("lut_per_mac_bit", "lut_per_adder_bit", "lut_per_acc_bit", "lut_per_threshold_bit",
              "lut_per_buffer_bit", "lut_per_rom_bit", "lut_per_layer")
@@ -78,6 +81,42 @@ DEFAULT_CONFIGS = (
     Config(64, 16, 1, 8, input_bits=5, policy="fixed:24"),
     Config(32, 32, 8, 1, natural_order=True), Config(64, 16, 2, 16, natural_order=True),
     Config(128, 32, 4, 8, policy="fixed:32"),
+)
+
+
+# The constant-weight engine's terms (compiler/cost.py const_layer_cost): the adder graph's
+# bits, the comparator bits of its parallel threshold requantizer, and a per-layer constant;
+# its registers (pipeline plus accumulators).
+CONST_LUT_TERMS = ("lut_per_const_adder_bit", "lut_per_const_threshold_bit", "lut_per_const_layer")
+CONST_FF_TERMS = ("ff_per_const_reg_bit", "ff_per_const_layer")
+
+
+@dataclass(frozen=True)
+class ConstConfig:
+    """One constant-weight calibration engine (hw/constmv.py): a ``fan_in x channels`` matvec
+    with random weights (``sparsity`` of them zero) and thresholds to 4-bit codes."""
+
+    fan_in: int
+    channels: int
+    input_bits: int = 4
+    weight_bits: int = 4
+    sparsity: float = 0.5
+    seed: int = 0
+    register_every: int = 2
+
+    @property
+    def name(self) -> str:
+        return (f"const_k{self.fan_in}_n{self.channels}_x{self.input_bits}_w{self.weight_bits}"
+                f"_s{int(round(self.sparsity * 100))}_L{self.register_every}")
+
+
+# Eight engines over the fan-in, channel count, operand widths, sparsity and pipelining the
+# presets' layers span; each synthesises in seconds to a minute.
+CONST_CONFIGS = (
+    ConstConfig(16, 16), ConstConfig(32, 16), ConstConfig(64, 32, sparsity=0.6),
+    ConstConfig(32, 32, weight_bits=2, sparsity=0.3), ConstConfig(32, 16, weight_bits=8),
+    ConstConfig(32, 16, input_bits=8), ConstConfig(64, 16, sparsity=0.85, register_every=1),
+    ConstConfig(16, 32, input_bits=2, weight_bits=3, sparsity=0.2, register_every=3),
 )
 
 
@@ -243,6 +282,88 @@ def refit(calibration_json: Path, write: bool = True) -> dict:
     return doc
 
 
+def const_terms(e: dict) -> dict:
+    """The const engine's features of one built layer (``e["const"]``: hw/constmv.py's report)."""
+    g = e["const"]
+    return {"lut_per_const_adder_bit": float(g["adder_bits"]),
+            "lut_per_const_threshold_bit": float(e["channels"] * e["threshold_levels"] * e["threshold_bits"]),
+            "lut_per_const_layer": 1.0,
+            "ff_per_const_reg_bit": float(g["pipeline_register_bits"] + g["acc_register_bits"]),
+            "ff_per_const_layer": 1.0}
+
+
+def fit_const_entries(entries: list[dict], family: str) -> dict:
+    """Fit the constant-weight coefficients; fills each entry's estimate and errors."""
+    rows = [const_terms(e) for e in entries]
+    coeff = fit(rows, [e["yosys"]["lut"] for e in entries], CONST_LUT_TERMS)
+    coeff.update(fit(rows, [e["yosys"]["ff"] for e in entries], CONST_FF_TERMS))
+    full = dict(cost_model.load_coefficients(family))
+    full.update(coeff)
+    for e in entries:
+        g = e["const"]
+        est = cost_model.const_layer_cost(g["adder_bits"], g["pipeline_register_bits"] + g["acc_register_bits"],
+                                          e["channels"], e["threshold_levels"], e["threshold_bits"], full)
+        e["estimate"] = {"lut": round(est["lut"], 1), "ff": round(est["ff"], 1)}
+        e["lut_error"] = round(est["lut"] / e["yosys"]["lut"] - 1, 4)
+        e["ff_error"] = round(est["ff"] / e["yosys"]["ff"] - 1, 4)
+    return coeff
+
+
+def calibrate_const(family: str, out_dir: Path, configs=CONST_CONFIGS, *, workers: int | None = None,
+                    write: bool = True, progress: bool = True) -> dict:
+    """Build and synthesise the constant-weight engines, fit their coefficients, and
+    (``write``) add them to the family's table (the ROM engine's coefficients stay)."""
+    from accumulus.hw.build import build as hw_build
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    entries, jobs = [], []
+    for cfg in configs:
+        plan = mlp_plan((cfg.fan_in, cfg.channels, 2), input_type=IntType(cfg.input_bits, False),
+                        weight_bits=cfg.weight_bits, act_bits=4, seed=cfg.seed, sparsity=cfg.sparsity)
+        plan.layer("fc0")["const"] = {"register_every": cfg.register_every, "cse": True}
+        d = out_dir / cfg.name
+        doc = hw_build(plan, d, "exact", engine="const")
+        built = {l["layer"]: l for l in doc["layers"]}["fc0"]
+        rq = plan.layer("fc0")["requant"]
+        entries.append({"config": asdict(cfg), "name": cfg.name, "channels": cfg.channels,
+                        "threshold_levels": int(np.asarray(plan.array(rq["thresholds"])).shape[1]),
+                        "threshold_bits": int(rq["threshold_bits"]), "const": built["const"]})
+        jobs.append(SynthJob(cfg.name, [d / "rtl" / built["file"]], built["module"], family,
+                             d / f"synth-{family}-lut", dsp=False, flatten=True))
+    results = run_many(jobs, workers=workers, progress=progress, desc=f"const calibration ({family})")
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        raise RuntimeError(f"Yosys failed on calibration configurations {failed}: see their yosys.log")
+    for e, r in zip(entries, results):
+        e["yosys"] = r.total
+        e["seconds"] = round(r.seconds, 1)
+    coeff = fit_const_entries(entries, family)
+    doc = {"family": family, "engine": "const", "yosys": yosys_version(), "configs": entries,
+           "coefficients": coeff,
+           "max_abs_lut_error": max(abs(e["lut_error"]) for e in entries),
+           "max_abs_ff_error": max(abs(e["ff_error"]) for e in entries),
+           "seconds": round(time.monotonic() - t0, 1)}
+    (out_dir / f"calibration-{family}-const.json").write_text(json.dumps(doc, indent=1) + "\n")
+    if write:
+        store_const(family, coeff, doc)
+    return doc
+
+
+def store_const(family: str, coeff: dict, doc: dict, path: Path | None = None) -> Path:
+    """Add the constant-weight coefficients to ``family``'s table and record their provenance."""
+    path = Path(path or coefficients_path())
+    data = json.loads(path.read_text())
+    data["families"][family].update(coeff)
+    data.setdefault("calibration", {})[f"{family}-const"] = {
+        "yosys": doc["yosys"], "configs": len(doc["configs"]),
+        "max_abs_lut_error": doc["max_abs_lut_error"], "max_abs_ff_error": doc["max_abs_ff_error"],
+        "by": "boards/calibrate.py --engine const"}
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
 def store(family: str, coeff: dict, doc: dict, path: Path | None = None) -> Path:
     """Replace ``family``'s table in the coefficients file and record where it came from."""
     path = Path(path or coefficients_path())
@@ -261,13 +382,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m accumulus.boards.calibrate", description=__doc__.splitlines()[0])
     ap.add_argument("--family", default="ice40", choices=["ice40", "ecp5", "xc7"])
     ap.add_argument("--out", default="build/calibration")
+    ap.add_argument("--engine", choices=["rom", "const"], default="rom",
+                    help="rom: the folded MVU (hw/mvu.py); const: the constant-weight engine (hw/constmv.py)")
     ap.add_argument("--dsp", action="store_true", help="calibrate the hard-multiplier variant")
     ap.add_argument("--jobs", "-j", type=int, default=None)
     ap.add_argument("--no-write", action="store_true", help="do not update compiler/cost_coefficients.json")
     ap.add_argument("--refit", action="store_true",
                     help="fit again from OUT/calibration-FAMILY.json without synthesising")
     args = ap.parse_args(argv)
-    if args.refit:
+    if args.engine == "const":
+        doc = calibrate_const(args.family, Path(args.out), workers=args.jobs or os.cpu_count(),
+                              write=not args.no_write)
+    elif args.refit:
         doc = refit(Path(args.out) / f"calibration-{args.family}.json", write=not args.no_write)
     else:
         doc = calibrate(args.family, Path(args.out), dsp=args.dsp, workers=args.jobs or os.cpu_count(),

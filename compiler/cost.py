@@ -91,9 +91,12 @@ def const_layer_cost(adder_bits: int, register_bits: int, channels: int, thresho
     (pipeline plus accumulator registers), and a parallel threshold requant of
     ``threshold_levels`` comparisons per channel."""
     k = {key: coeff.get(key, v) for key, v in CONST_DEFAULTS.items()}
+    # the per-layer constants of the const calibration (boards/calibrate.py --engine const),
+    # else the ROM engine's
     lut = (adder_bits * k["lut_per_const_adder_bit"]
-           + channels * threshold_levels * threshold_bits * k["lut_per_const_threshold_bit"] + coeff["lut_per_layer"])
-    ff = register_bits * k["ff_per_const_reg_bit"] + coeff["ff_per_layer"]
+           + channels * threshold_levels * threshold_bits * k["lut_per_const_threshold_bit"]
+           + coeff.get("lut_per_const_layer", coeff["lut_per_layer"]))
+    ff = register_bits * k["ff_per_const_reg_bit"] + coeff.get("ff_per_const_layer", coeff["ff_per_layer"])
     return {"lut": float(lut), "ff": float(ff), "dsp": 0, "bram_bits": 0}
 
 

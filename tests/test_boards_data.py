@@ -189,6 +189,33 @@ def test_fit_recovers_nonnegative_coefficients():
         assert got[k] == pytest.approx(v, abs=1e-3), k
 
 
+def test_const_fit_features_match_compiler_cost_and_recover_coefficients():
+    """The const calibration's features are what compiler/cost.py's const_layer_cost
+    multiplies, and the fit recovers known coefficients from entries built with them."""
+    from accumulus.boards.calibrate import CONST_FF_TERMS, CONST_LUT_TERMS, const_terms
+
+    rng = np.random.default_rng(3)
+    true = {"lut_per_const_adder_bit": 1.3, "lut_per_const_threshold_bit": 0.4, "lut_per_const_layer": 25.0,
+            "ff_per_const_reg_bit": 0.9, "ff_per_const_layer": 12.0, "lut_per_layer": 999.0, "ff_per_layer": 999.0}
+    entries = []
+    for _ in range(10):
+        e = {"channels": int(rng.choice([16, 32, 64])), "threshold_levels": int(rng.choice([0, 3, 15])),
+             "threshold_bits": int(rng.integers(8, 16)),
+             "const": {"adder_bits": int(rng.integers(500, 20000)), "pipeline_register_bits": int(rng.integers(0, 4000)),
+                       "acc_register_bits": int(rng.integers(100, 800))}}
+        g = e["const"]
+        est = cost_model.const_layer_cost(g["adder_bits"], g["pipeline_register_bits"] + g["acc_register_bits"],
+                                          e["channels"], e["threshold_levels"], e["threshold_bits"], true)
+        row = const_terms(e)
+        assert est["lut"] == pytest.approx(predict(row, true, CONST_LUT_TERMS))
+        assert est["ff"] == pytest.approx(predict(row, true, CONST_FF_TERMS))
+        entries.append((row, est))
+    for terms, key in ((CONST_LUT_TERMS, "lut"), (CONST_FF_TERMS, "ff")):
+        got = fit([r for r, _ in entries], [est[key] for _, est in entries], terms)
+        for k in terms:
+            assert got[k] == pytest.approx(true[k], rel=1e-3), k
+
+
 def test_estimate_only_report_writes_json_markdown_and_plots(tmp_path):
     from accumulus.boards.report import run_report
 
