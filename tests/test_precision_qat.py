@@ -215,7 +215,7 @@ def test_mixed_width_model_golden_and_cosim(mixed_precision, tmp_path):
     out = tmp_path / "q"
     argv = _train_args(path, out, "--quant", "int")
     argv[argv.index("--limit"):argv.index("--limit") + 2] = []
-    argv[argv.index("--epochs") + 1] = "3"
+    argv[argv.index("--epochs") + 1] = "10"
     assert main(argv) == 0
     assert main(["compile", str(out / "model.onnx"), "--out", str(out), "--engine", "rom"]) == 0
     plan = Plan.load(out)
