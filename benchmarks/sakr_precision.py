@@ -9,7 +9,7 @@ Steps (each the project's own CLI, one process, ``--threads 1``):
 3. for the chosen assignment and for every ``B_min`` in 2..8 (the same offsets), the
    smallest uniform width ``u`` in 2..16 whose *measured* mismatch is equal or lower, and
    both full-adder counts (precision.json's fixed-point forward, no training);
-4. hardware for the chosen assignment and for ``--hw-b-min`` (default 3) and each one's
+4. hardware for the chosen assignment and for each ``--hw-b-min`` (default 3,4) and each one's
    uniform width: QAT with those widths (``accumulus train --quant int --precision``; a
    uniform width ``u`` is a precision.json with every ``B = u``), accuracy against the
    float model, ``accumulus compile --engine rom --board B``, then Yosys on the built
@@ -82,6 +82,8 @@ def hardware(label, precision_file: Path, work: Path, args, float_acc: float) ->
         "accuracy_drop_points": round(100 * (float_acc - tr["test_accuracy"]), 2),
         "full_adders": sum(r["full_adders"] for r in layers),
         "yosys_total": syn["total"], "yosys_seconds": syn["seconds"],
+        # every part of the netlist split: MAC layers, requantizers, "rest" (FIFOs, control, ArgMax)
+        "yosys_lut_by_part": {k: v["total"]["lut"] for k, v in syn["layers"].items()},
         "cycles_per_frame": plan.doc.get("estimate", {}).get("cycles_per_frame"),
         "layers": layers, "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -95,7 +97,7 @@ def main_(argv=None):
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--board", default="ulx3s-85f", help="board id (its FPGA family is the synthesis target)")
-    ap.add_argument("--hw-b-min", type=int, default=3, help="also build the assignment at this B_min")
+    ap.add_argument("--hw-b-min", default="3,4", help="also build the assignment at these B_min (comma-separated)")
     ap.add_argument("--no-hw", action="store_true", help="skip QAT, compile and synthesis")
     args = ap.parse_args(argv)
 
@@ -158,8 +160,9 @@ def main_(argv=None):
     hw = []
     if not args.no_hw:
         points = [("chosen", chosen)]
-        if args.hw_b_min != chosen["B_min"]:
-            points.append((f"bmin{args.hw_b_min}", compare(args.hw_b_min)))
+        for b in (int(v) for v in str(args.hw_b_min).split(",") if v.strip()):
+            if b != chosen["B_min"]:
+                points.append((f"bmin{b}", compare(b)))
         for label, pt in points:
             f_a = write_precision(pdoc, list(pt["bits"].values()), work / f"{label}.json")
             a = hardware(f"{label}_assignment", f_a, work, args, float_acc)
