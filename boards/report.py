@@ -167,7 +167,8 @@ def run_report(project: Path, board: Board, policies=DEFAULT_POLICIES, *, estima
                              "target": bits.get("target"), "pe_acc_bits": [int(b) for b in l["folding"]["pe_acc_bits"]],
                              "pe": int(l["folding"]["pe"]), "simd": int(l["folding"]["simd"]),
                              "fan_in": int(l["fan_in"]), "channels": int(l["channels"]),
-                             "engine": l.get("engine", "rom")}
+                             "engine": l.get("engine", "rom"),
+                             "full_adders": cost_model.layer_full_adders(l)["full_adders"]}
 
     doc: dict = {
         "format_version": 1, "board": board.doc, "plan": {"source": note, "dir": str(project)},
@@ -439,7 +440,8 @@ def _estimator_error(doc) -> dict:
             y = syn["layers"].get(layer)
             if not y:
                 continue
-            rows[layer] = {"lut_est": round(est["lut"]), "lut_yosys": y["total"]["lut"],
+            rows[layer] = {"full_adders": doc["widths"].get(layer, {}).get("full_adders"),
+                           "lut_est": round(est["lut"]), "lut_yosys": y["total"]["lut"],
                            "lut_err": round(est["lut"] / y["total"]["lut"] - 1, 3) if y["total"]["lut"] else None,
                            "ff_est": round(est["ff"]), "ff_yosys": y["total"]["ff"],
                            "ff_err": round(est["ff"] / y["total"]["ff"] - 1, 3) if y["total"]["ff"] else None}
@@ -635,22 +637,27 @@ def render_markdown(doc: dict) -> str:
         cal = doc.get("estimator_calibration")
         lines.append(f"Coefficients: {'calibrated by boards/calibrate.py on ' + str(cal['configs']) + ' engines, max LUT error ' + format(cal['max_abs_lut_error'], '.1%') + ' there' if cal else 'not calibrated for this family (hand-set defaults)'}.")
         lines.append("")
-        lines.append("| policy | layer | LUT est | LUT Yosys | error | FF est | FF Yosys | error |")
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append("Full adders: Sakr & Shanbhag's count D·B_A·B_W + (D-1)(B_A+B_W+ceil(log2 D)-1) per dot "
+                     "product, times the dot products per frame (compiler/cost.py).")
+        lines.append("")
+        lines.append("| policy | layer | full adders | LUT est | LUT Yosys | error | FF est | FF Yosys | error |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for pol, rows in doc["estimator"].items():
             for layer, r in rows.items():
                 e = f"{r['lut_err']:+.1%}" if r["lut_err"] is not None else "-"
                 f = f"{r['ff_err']:+.1%}" if r["ff_err"] is not None else "-"
-                lines.append(f"| {pol} | {layer} | {r['lut_est']} | {r['lut_yosys']} | {e} | {r['ff_est']} | "
+                fa = r.get("full_adders")
+                lines.append(f"| {pol} | {layer} | {'-' if fa is None else fa} | {r['lut_est']} | {r['lut_yosys']} | {e} | {r['ff_est']} | "
                              f"{r['ff_yosys']} | {f} |")
         lines.append("")
     elif doc["options"]["estimate_only"]:
         lines.append("## Estimate (compiler/cost.py, no synthesis)")
-        lines.append("| policy | layer | engine | LUT | FF | DSP | BRAM bits | threshold storage bits |")
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append("| policy | layer | engine | full adders | LUT | FF | DSP | BRAM bits | threshold storage bits |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for pol in doc["policies"]:
             for layer, e in doc["policy"][pol]["estimate"].items():
-                lines.append(f"| {pol} | {layer} | {e.get('engine', 'rom')} | {e['lut']:.0f} | {e['ff']:.0f} | {e['dsp']:.0f} | {e['bram_bits']:.0f} | "
+                fa = doc["widths"].get(layer, {}).get("full_adders", "-")
+                lines.append(f"| {pol} | {layer} | {e.get('engine', 'rom')} | {fa} | {e['lut']:.0f} | {e['ff']:.0f} | {e['dsp']:.0f} | {e['bram_bits']:.0f} | "
                              f"{e['threshold_storage_bits']:.0f} |")
         lines.append("")
     lines.append("## How the split is made")

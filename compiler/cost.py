@@ -21,6 +21,12 @@ layer from ``compiler/addergraph.py``) costs
   DSP = 0, BRAM bits = 0 (weights are wiring, the parallel thresholds constants)
 where ``adder_bits`` sums every adder's own exact width: each adder bit is one LUT plus
 its share of a carry chain on LUT4 (iCE40 SB_CARRY) and LUT6/ECP5 fabrics.
+Sakr & Shanbhag's full-adder count (ICML 2017 / ICLR 2019), a technology-independent figure
+reported beside Yosys: a ``D``-term dot product of ``B_A``-bit activations and ``B_W``-bit
+weights costs ``D·B_A·B_W + (D-1)(B_A + B_W + ceil(log2 D) - 1)`` full adders (array
+multipliers plus an adder tree); a layer costs that times its dot products per frame
+(``channels`` for a matvec, ``channels·OH·OW`` for a conv). Here ``B_A`` and ``B_W`` are the
+plan's code widths, the operands the hardware multiplies.
 Coefficients are data (``cost_coefficients.json``), one table per FPGA family; the board
 calibration in ``boards/`` rewrites that file from Yosys runs.
 """
@@ -30,9 +36,31 @@ import json
 import math
 from importlib import resources
 
-__all__ = ["load_coefficients", "mac_layer_cost", "const_layer_cost", "CONST_DEFAULTS", "weight_rom_in_logic", "stream_layer_cost", "reorder_layer_cost", "total", "RESOURCES"]
+__all__ = ["full_adders_per_dot", "layer_full_adders", "load_coefficients", "mac_layer_cost", "const_layer_cost", "CONST_DEFAULTS", "weight_rom_in_logic", "stream_layer_cost", "reorder_layer_cost", "total", "RESOURCES"]
 
 RESOURCES = ("lut", "ff", "dsp", "bram_bits")
+
+
+def full_adders_per_dot(fan_in: int, a_bits: int, w_bits: int) -> int:
+    """Sakr & Shanbhag: full adders of one ``fan_in``-term dot product."""
+    d = int(fan_in)
+    if d < 1 or a_bits < 1 or w_bits < 1:
+        raise ValueError(f"full_adders_per_dot needs fan_in, a_bits, w_bits >= 1, got {fan_in}, {a_bits}, {w_bits}")
+    log_d = math.ceil(math.log2(d)) if d > 1 else 0
+    return d * a_bits * w_bits + (d - 1) * (a_bits + w_bits + log_d - 1)
+
+
+def layer_full_adders(layer: dict) -> dict:
+    """Full-adder figure of a plan MAC layer (``matvec``/``conv``): per dot product and per frame."""
+    d = int(layer["fan_in"])
+    a_bits, w_bits = int(layer["input_type"]["bits"]), int(layer["weight_type"]["bits"])
+    dots = int(layer["channels"])
+    conv = layer.get("conv")
+    if conv:
+        dots *= int(conv["out_shape"][0]) * int(conv["out_shape"][1])
+    per_dot = full_adders_per_dot(d, a_bits, w_bits)
+    return {"D": d, "B_A": a_bits, "B_W": w_bits, "dot_products": dots, "per_dot": per_dot,
+            "full_adders": per_dot * dots}
 
 
 def load_coefficients(family: str | None = None, path=None) -> dict:

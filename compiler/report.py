@@ -1,9 +1,11 @@
 """The width table: per MAC layer, data-type / A2Q / A2Q+ / exact (max and per PE) / target P,
-and the engine (folded ROM or constant-weight) with its estimated LUTs."""
+and the engine (folded ROM or constant-weight) with its estimated LUTs, and Sakr & Shanbhag's
+full-adder count per layer (compiler/cost.py)."""
 from __future__ import annotations
 
 import numpy as np
 
+from .cost import layer_full_adders
 from .plan import Plan
 
 
@@ -25,6 +27,7 @@ def width_rows(plan: Plan) -> list[dict]:
             "engine": layer.get("engine", "rom"),
             "engine_cost": layer.get("engine_cost"),
             "const": layer.get("const"),
+            "full_adders": layer_full_adders(layer)["full_adders"],
         })
     return rows
 
@@ -59,7 +62,8 @@ def _digits_text(graph) -> str:
 def width_table(plan: Plan) -> str:
     rows = width_rows(plan)
     head = ["layer", "K x N", "datatype", "A2Q", "A2Q+", "exact", "per-PE bits", "target P", "saving", "PExSIMD",
-            "cycles", "engine", "est. LUT rom/const", "adders", "digits/bound"]
+            "cycles", "engine", "est. LUT rom/const", "adders", "digits/bound",
+            "full adders"]
     lines = []
     for r in rows:
         lines.append([r["layer"], f"{r['K']}x{r['N']}", str(r["datatype"]), str(r["a2q"]), str(r["a2q_plus"]),
@@ -67,7 +71,7 @@ def width_table(plan: Plan) -> str:
                       _pe_text(r["pe_bits"]), "-" if r["target"] is None else str(r["target"]),
                       f"{r['saving']} bits ({100 * r['saving'] / r['datatype']:.0f}%)",
                       f"{r['pe']}x{r['simd']}", str(r["cycles"]), r["engine"], _cost_text(r["engine_cost"]),
-                      _const_text(r["const"], "adders"), _digits_text(r["const"])])
+                      _const_text(r["const"], "adders"), _digits_text(r["const"]), str(r["full_adders"])])
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
     out = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.ljust(w) for c, w in zip(l, widths)) for l in lines]
@@ -77,6 +81,7 @@ def width_table(plan: Plan) -> str:
         ex = sum(sum(r["pe_bits"]) * (r["N"] // r["pe"]) for r in rows)
         out.append(f"accumulator bits (sum over channels): data-type {dt}, exact per PE {ex} "
                    f"({100 * (dt - ex) / dt:.0f}% fewer)")
+        out.append(f"full adders (Sakr & Shanbhag, per frame): {sum(r['full_adders'] for r in rows)}")
     if est:
         out.append(f"estimate: {est.get('cycles_per_frame')} cycles per frame (bottleneck {est.get('bottleneck')})")
     for note in plan.doc.get("notes") or []:

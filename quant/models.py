@@ -22,6 +22,12 @@ Choices that keep the exported QONNX graph simple for the compiler:
   both inputs are quantized tensors, the sum is requantized by an unsigned
   ``QuantIdentity`` of ``highway_bits`` (default ``act_bits``; the Precision Highway option
   keeps this residual stream at 8 bits while convolutions see ``act_bits``).
+* Per-layer widths (Sakr & Shanbhag's per-tensor precision, ``train --precision``):
+  ``layer_weight_bits`` gives one weight width per weight layer in forward order and
+  ``layer_act_bits`` one width per activation quantizer in forward order (MLP
+  ``acts.0, acts.1, ..``; CNN ``act1, act2, act3``; residual CNN ``act1, act2, add_quant,
+  act3``); either overrides ``weight_bits`` / ``act_bits`` (and ``highway_bits``) layer by
+  layer. The graph input keeps the dataset's width.
 
 A model's ``config`` dict (plain JSON values) rebuilds it with :func:`build_model`; it is
 saved with the state_dict in ``model.pt``.
@@ -60,6 +66,8 @@ class ModelConfig:
     width_mult: float = 1.0
     constrain_first: bool = False
     highway_bits: int | None = None   # resnet only: width of the residual stream
+    layer_weight_bits: tuple[int, ...] | None = None   # per weight layer, forward order
+    layer_act_bits: tuple[int, ...] | None = None      # per activation quantizer, forward order
     input_bits: int = 5               # from the dataset's input quantizer
     input_scale: float = 1.0 / 16.0
     in_shape: tuple[int, ...] = (1, 8, 8)
@@ -71,6 +79,9 @@ class ModelConfig:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
         d["in_shape"] = list(self.in_shape)
+        for key in ("layer_weight_bits", "layer_act_bits"):
+            if d[key] is not None:
+                d[key] = list(d[key])
         return d
 
     @classmethod
@@ -80,8 +91,8 @@ class ModelConfig:
         if unknown:
             raise UserError(f"model config has unknown keys {sorted(unknown)}; was it written by a newer accumulus?")
         d = dict(d)
-        for key in ("hidden", "in_shape"):
-            if key in d:
+        for key in ("hidden", "in_shape", "layer_weight_bits", "layer_act_bits"):
+            if d.get(key) is not None:
                 d[key] = tuple(int(v) for v in d[key])
         return cls(**d)
 
@@ -91,6 +102,28 @@ class ModelConfig:
 
     def widths(self) -> tuple[int, ...]:
         return tuple(max(1, int(round(h * self.width_mult))) for h in self.hidden)
+
+    def weight_layer_names(self) -> list[str]:
+        """Weight layers (Linear/Conv modules) in forward order."""
+        if self.model == "mlp":
+            return [f"layers.{i}" for i in range(len(self.hidden) + 1)]
+        return ["conv1", "conv2", "conv3", "fc"]
+
+    def act_names(self) -> list[str]:
+        """Hidden activation quantizers in forward order (the graph input excluded)."""
+        if self.model == "mlp":
+            return [f"acts.{i}" for i in range(len(self.hidden))]
+        return ["act1", "act2", "add_quant", "act3"] if self.model == "resnet" else ["act1", "act2", "act3"]
+
+    def layer_weight_width(self, index: int) -> int:
+        return self.layer_weight_bits[index] if self.layer_weight_bits is not None else self.weight_bits
+
+    def act_width(self, name: str) -> int:
+        if self.layer_act_bits is not None:
+            return self.layer_act_bits[self.act_names().index(name)]
+        if name == "add_quant":
+            return self.highway_bits or self.act_bits
+        return self.act_bits
 
 
 # DESIGN.md's canonical table. CNN "hidden" = conv channels (conv1, conv2, conv3).
@@ -154,6 +187,16 @@ def validate(cfg: ModelConfig) -> None:
             raise UserError(f"--weight-bits must be 2..16, got {cfg.weight_bits}")
         if not 1 <= cfg.act_bits <= 16:
             raise UserError(f"--act-bits must be 1..16, got {cfg.act_bits}")
+    for key, names, lo in (("layer_weight_bits", cfg.weight_layer_names(), 2), ("layer_act_bits", cfg.act_names(), 1)):
+        vals = getattr(cfg, key)
+        if vals is None:
+            continue
+        if len(vals) != len(names):
+            raise UserError(f"{key} has {len(vals)} widths but model '{cfg.model}' has {len(names)} "
+                            f"({', '.join(names)}); give one per layer")
+        for name, b in zip(names, vals):
+            if cfg.quant != "float" and not lo <= b <= 16:
+                raise UserError(f"{key}: layer '{name}' gets {b} bits; widths must be {lo}..16")
     if not cfg.hidden or any(h < 1 for h in cfg.hidden):
         raise UserError(f"hidden widths must be positive, got {list(cfg.hidden)}")
     if cfg.model in ("cnn", "resnet") and len(cfg.hidden) != 3:
@@ -179,15 +222,14 @@ def validate(cfg: ModelConfig) -> None:
 
 def constrained_inputs(cfg: ModelConfig) -> list[tuple[str, IntType]]:
     """(layer name, input code type) of each accumulator-constrained layer."""
-    act = IntType(cfg.act_bits, False)
     first = IntType(cfg.input_bits, False)
+    names = cfg.weight_layer_names()
+    act = lambda name: IntType(cfg.act_width(name), False)  # noqa: E731
     if cfg.model == "mlp":
-        names = [f"layers.{i}" for i in range(len(cfg.hidden) + 1)]
-        types = [first] + [act] * len(cfg.hidden)
+        types = [first] + [act(a) for a in cfg.act_names()]
     else:
-        names = ["conv1", "conv2", "conv3", "fc"]
-        mid = IntType(cfg.highway_bits or cfg.act_bits, False) if cfg.model == "resnet" else act
-        types = [first, act, mid, act]
+        mid = act("add_quant") if cfg.model == "resnet" else act("act2")
+        types = [first, act("act1"), mid, act("act3")]
     pairs = list(zip(names, types))
     return pairs if cfg.constrain_first else pairs[1:]
 
@@ -198,28 +240,30 @@ def _layer_quant(cfg: ModelConfig, first: bool) -> str:
     return cfg.quant
 
 
-def _linear(cfg: ModelConfig, fan_in: int, fan_out: int, first: bool) -> nn.Module:
+def _linear(cfg: ModelConfig, fan_in: int, fan_out: int, first: bool, index: int) -> nn.Module:
     q = _layer_quant(cfg, first)
     if q == "float":
         return nn.Linear(fan_in, fan_out, bias=False)
     from brevitas.nn import QuantLinear
 
-    return QuantLinear(fan_in, fan_out, bias=False, **bc.weight_quant_kwargs(q, cfg.weight_bits, cfg.acc_bits))
+    return QuantLinear(fan_in, fan_out, bias=False,
+                       **bc.weight_quant_kwargs(q, cfg.layer_weight_width(index), cfg.acc_bits))
 
 
-def _conv(cfg: ModelConfig, cin: int, cout: int, first: bool) -> nn.Module:
+def _conv(cfg: ModelConfig, cin: int, cout: int, first: bool, index: int) -> nn.Module:
     q = _layer_quant(cfg, first)
     if q == "float":
         return nn.Conv2d(cin, cout, 3, padding=1, bias=False)
     from brevitas.nn import QuantConv2d
 
-    return QuantConv2d(cin, cout, 3, padding=1, bias=False, **bc.weight_quant_kwargs(q, cfg.weight_bits, cfg.acc_bits))
+    return QuantConv2d(cin, cout, 3, padding=1, bias=False,
+                       **bc.weight_quant_kwargs(q, cfg.layer_weight_width(index), cfg.acc_bits))
 
 
-def _act(cfg: ModelConfig, bits: int | None = None, relu: bool = True) -> nn.Module:
+def _act(cfg: ModelConfig, name: str, relu: bool = True) -> nn.Module:
     if cfg.quant == "float":
         return nn.ReLU() if relu else nn.Identity()
-    return bc.act_quant_layer(bits or cfg.act_bits, relu=relu)
+    return bc.act_quant_layer(cfg.act_width(name), relu=relu)
 
 
 def _input(cfg: ModelConfig) -> nn.Module:
@@ -238,9 +282,9 @@ class QuantMLP(nn.Module):
         self.flatten = nn.Flatten()
         widths = [int(math.prod(cfg.in_shape))] + list(cfg.widths()) + [cfg.num_classes]
         self.layers = nn.ModuleList(
-            _linear(cfg, a, b, first=(i == 0)) for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))
+            _linear(cfg, a, b, first=(i == 0), index=i) for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))
         )
-        self.acts = nn.ModuleList(_act(cfg) for _ in widths[1:-1])
+        self.acts = nn.ModuleList(_act(cfg, f"acts.{i}") for i in range(len(widths) - 2))
 
     def forward(self, x):
         x = self.flatten(self.input_quant(x))
@@ -262,15 +306,15 @@ class QuantCNN(nn.Module):
         c1, c2, c3 = (max(1, int(round(c * cfg.width_mult))) for c in cfg.hidden)
         cin, h, w = cfg.in_shape
         self.input_quant = _input(cfg)
-        self.conv1, self.bn1, self.act1 = _conv(cfg, cin, c1, True), nn.BatchNorm2d(c1), _act(cfg)
-        self.conv2, self.bn2, self.act2 = _conv(cfg, c1, c2, False), nn.BatchNorm2d(c2), _act(cfg)
+        self.conv1, self.bn1, self.act1 = _conv(cfg, cin, c1, True, 0), nn.BatchNorm2d(c1), _act(cfg, "act1")
+        self.conv2, self.bn2, self.act2 = _conv(cfg, c1, c2, False, 1), nn.BatchNorm2d(c2), _act(cfg, "act2")
         if residual:
-            self.add_quant = _act(cfg, bits=cfg.highway_bits, relu=False)
+            self.add_quant = _act(cfg, "add_quant", relu=False)
         self.pool1 = nn.MaxPool2d(2)
-        self.conv3, self.bn3, self.act3 = _conv(cfg, c2, c3, False), nn.BatchNorm2d(c3), _act(cfg)
+        self.conv3, self.bn3, self.act3 = _conv(cfg, c2, c3, False, 2), nn.BatchNorm2d(c3), _act(cfg, "act3")
         self.pool2 = nn.MaxPool2d(2)
         self.flatten = nn.Flatten()
-        self.fc = _linear(cfg, c3 * (h // 4) * (w // 4), cfg.num_classes, first=False)
+        self.fc = _linear(cfg, c3 * (h // 4) * (w // 4), cfg.num_classes, first=False, index=3)
 
     def forward(self, x):
         x = self.input_quant(x)

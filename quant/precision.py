@@ -69,7 +69,7 @@ from accumulus.errors import UserError
 __all__ = [
     "TensorInfo", "tensor_infos", "noise_gains", "assign_bits", "mismatch_bound", "quantize",
     "fixed_point_predictions", "measure_mismatch", "full_adder_cost", "precision_assignment",
-    "load_float_project", "write_json", "FORMAT", "MAX_BITS",
+    "load_float_project", "write_json", "load_precision", "qat_widths", "FORMAT", "MAX_BITS",
 ]
 
 FORMAT = "accumulus-precision"
@@ -494,3 +494,103 @@ def write_json(result: dict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     return path
+
+
+# --- precision.json -> per-layer QAT widths (accumulus train --precision) -------------
+
+def load_precision(path: str | Path) -> dict:
+    """Read and check a precision.json written by :func:`precision_assignment`."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--precision {path} does not exist; write it with 'accumulus precision DIR --mismatch P'")
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError:
+        raise UserError(f"--precision {path} is not valid JSON; rewrite it with 'accumulus precision DIR'") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("tensors"), list):
+        raise UserError(f"--precision {path} is not an {FORMAT} file (no 'format': '{FORMAT}' and 'tensors'); "
+                        f"write it with 'accumulus precision DIR --mismatch P'")
+    if doc.get("version") != VERSION:
+        raise UserError(f"--precision {path} has version {doc.get('version')}; this accumulus reads version {VERSION}")
+    for t in doc["tensors"]:
+        if not isinstance(t, dict) or not {"name", "kind", "B"} <= set(t) or not isinstance(t["B"], int):
+            raise UserError(f"--precision {path}: tensor entry {t!r:.80} lacks name, kind or an integer B")
+    return doc
+
+
+def qat_widths(doc: dict, cfg, path: str | Path = "precision.json") -> tuple[tuple[int, ...], tuple[int, ...], dict]:
+    """Map a precision.json onto ``cfg``'s layers: (weight bits per layer, activation bits per
+    quantizer, record for train.json).
+
+    In Sakr's convention every tensor is signed fixed point of ``B`` bits. A weight becomes a
+    ``B``-bit signed (narrow-range) Brevitas weight quantizer. A nonnegative activation uses
+    only the nonnegative codes, i.e. it is an unsigned quantizer of ``B - 1`` bits
+    (``unsigned_bits``): the hidden ReLU quantizers get that width. The graph input keeps the
+    dataset's width (its codes are the raw pixels, DESIGN.md); the requested width is recorded.
+    The learned quantizer scales replace the fixed power-of-two ranges of the analysis.
+    """
+    from .models import build_model
+
+    path = Path(path)
+    from dataclasses import replace
+
+    fcfg = replace(cfg, quant="float", acc_bits=None, layer_weight_bits=None, layer_act_bits=None)
+    twin = build_model(fcfg)
+    mods = dict(twin.named_modules())
+    w_names = cfg.weight_layer_names()
+    a_names = cfg.act_names()
+    expected = ["input_quant"] + [f"{n}.weight" for n in w_names] + a_names
+    by_name = {}
+    for t in doc["tensors"]:
+        if t["name"] in by_name:
+            raise UserError(f"--precision {path}: tensor '{t['name']}' appears twice")
+        by_name[t["name"]] = t
+    for name in by_name:
+        if name not in expected:
+            raise UserError(f"--precision {path}: tensor '{name}' is not a tensor of this model ({cfg.model}, hidden "
+                            f"{list(cfg.hidden)}; it has {', '.join(expected)}); use the options of the project "
+                            f"the assignment was made for")
+    for name in expected:
+        if name not in by_name:
+            raise UserError(f"--precision {path} has no width for tensor '{name}' of this model ({cfg.model}, hidden "
+                            f"{list(cfg.hidden)}); use the options of the project the assignment was made for")
+    wbits = []
+    for n in w_names:
+        t = by_name[f"{n}.weight"]
+        shape = tuple(mods[n].weight.shape)
+        if "shape" in t and tuple(t["shape"]) != shape:
+            raise UserError(f"--precision {path}: tensor '{n}.weight' has shape {list(t['shape'])} but this model's "
+                            f"is {list(shape)}; use the options of the project the assignment was made for")
+        if t["kind"] != "weight":
+            raise UserError(f"--precision {path}: tensor '{n}.weight' has kind '{t['kind']}', expected 'weight'")
+        if not 2 <= t["B"] <= 16:
+            raise UserError(f"--precision {path}: weight '{n}.weight' gets B={t['B']} bits; QAT weights need "
+                            f"2..16 (signed); choose another --mismatch")
+        wbits.append(int(t["B"]))
+    abits = []
+    for n in a_names:
+        t = by_name[n]
+        if t["kind"] != "activation":
+            raise UserError(f"--precision {path}: tensor '{n}' has kind '{t['kind']}', expected 'activation'")
+        if t.get("signed"):
+            raise UserError(f"--precision {path}: activation '{n}' is signed; this model's activation quantizers "
+                            f"are unsigned")
+        b = int(t["B"]) - 1
+        if not 1 <= b <= 16:
+            raise UserError(f"--precision {path}: activation '{n}' gets B={t['B']} (unsigned {b}) bits; "
+                            f"unsigned activations need 1..16; choose another --mismatch")
+        abits.append(b)
+    inp = by_name["input_quant"]
+    record = {
+        "file": str(path),
+        "B_min": doc.get("B_min"), "mismatch_target": doc.get("mismatch_target"),
+        "mismatch_bound": doc.get("mismatch_bound"),
+        "weights": {f"{n}.weight": b for n, b in zip(w_names, wbits)},
+        "activations_unsigned": dict(zip(a_names, abits)),
+        "input": {"requested_unsigned_bits": int(inp["B"]) - 1, "used_bits": cfg.input_bits,
+                  "note": "the graph input keeps the dataset's codes (raw pixels)"},
+        "rule": "weight: B signed bits; nonnegative activation: B - 1 unsigned bits (same step)",
+    }
+    return tuple(wbits), tuple(abits), record

@@ -246,6 +246,9 @@ def test_digits_mlp_measured_mismatch_within_bound(tmp_path):
     ref = P.float_predictions(model, ds.x_test)
     E = np.array([t["E"] for t in res["tensors"]])
     v = np.log2(np.sqrt(E / E.min()))
+    assert np.all(np.abs(v - np.floor(v) - 0.5) > 1e-9), "a round-half tie: pick another seed"
+    assert [t["offset"] for t in res["tensors"]] == np.round(v).astype(int).tolist()
+    assert [t["B"] for t in res["tensors"]] == (res["B_min"] + np.round(v).astype(int)).tolist()
     rows = []
     for b_min in range(2, 9):
         B = b_min + np.round(v).astype(int)
@@ -260,3 +263,46 @@ def test_digits_mlp_measured_mismatch_within_bound(tmp_path):
     assert measured == res["measured"]["mismatch"]
     assert measured <= res["mismatch_bound"] <= 0.01
     print("B_min, measured, bound:", rows)
+
+
+@pytest.mark.slow
+def test_digits_mlp_gains_agree_with_finite_differences(tmp_path):
+    """digits-mlp, float-trained: autograd gains of a hidden weight (64x64) and the second
+    ReLU output (64 per sample) equal central finite differences."""
+    cfg = preset("digits-mlp", quant="float")
+    model, _ = train(cfg, tmp_path, TrainOptions(epochs=5, seed=0, progress=False, float_baseline=False))
+    _, _, ds, _ = P.load_float_project(tmp_path)
+    x = ds.x_test[:24]
+    infos = P.tensor_infos(model, ds.x_train)
+    P.noise_gains(model, infos, x)
+    by = {t.name: t for t in infos}
+    m = P._float64_copy(model)
+    xt = torch.from_numpy(x.astype(np.float64))
+    w = m.layers[1].weight
+    fd_w = _fd_gain(m, xt, _weight_perturber(m, xt, w), w.numel())
+    t_w = by["layers.1.weight"]
+    assert t_w.range == _pow2_above(float(model.layers[1].weight.detach().abs().max()))
+    assert t_w.E / t_w.range ** 2 == pytest.approx(fd_w, rel=1e-5)
+
+    state = {}
+
+    def hook(mod, inp, out):
+        if "j" in state:
+            out = out.clone()
+            out[:, state["j"]] += state["e"]
+        return out
+
+    h = m.acts[1].register_forward_hook(hook)
+    try:
+        def perturb_a(j, e):
+            state.update(j=j, e=e)
+            out = m(xt)
+            state.clear()
+            return out
+
+        fd_a = _fd_gain(m, xt, perturb_a, 64)
+    finally:
+        h.remove()
+    t_a = by["acts.1"]
+    assert t_a.E / t_a.range ** 2 == pytest.approx(fd_a, rel=1e-5)
+    assert fd_w > 0 and fd_a > 0

@@ -10,6 +10,8 @@ EXAMPLES = """
   accumulus train --preset mnist-tfc --acc-bits 16 --epochs 15 --out build/tfc16
   accumulus train --model cnn --dataset my_data.npz --quant int --out build/mine   # .npz with x, y
   accumulus train --preset digits-mlp --epochs 20 --resume --out build/digits    # continue training
+  accumulus train --preset digits-mlp --quant int --precision build/dmf/precision.json --out build/dsakr
+                  # per-layer widths from 'accumulus precision' (Sakr & Shanbhag)
 """
 
 
@@ -38,6 +40,9 @@ def add_arguments(p):
     g.add_argument("--constrain-first", action="store_true", default=None,
                    help="apply A2Q/A2Q+ to the first layer too (default: plain integer QAT, sized exactly)")
     g.add_argument("--highway-bits", type=int, metavar="B", help="resnet: bits of the residual stream after the Add (Precision Highway, e.g. 8)")
+    g.add_argument("--precision", metavar="FILE",
+                   help="per-layer weight and activation widths from 'accumulus precision' (precision.json; "
+                        "weights B signed bits, activations B-1 unsigned); replaces --weight-bits/--act-bits")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=None, help="epochs (default 10)")
     t.add_argument("--seed", type=int, default=0, help="seed for init, batches and the data split (default 0)")
@@ -80,6 +85,25 @@ def _check_dataset_file(name: str) -> None:
     raise UserError(f"--dataset {path} is {kind}; save the data with numpy.savez(path, x=..., y=...)")
 
 
+def _precision_widths(args, cfg, chosen: dict) -> tuple[dict, dict]:
+    """``chosen`` with the per-layer widths of ``--precision`` (Sakr & Shanbhag) filled in."""
+    from accumulus.errors import UserError
+    from accumulus.quant.precision import load_precision, qat_widths
+
+    for opt, key in (("--weight-bits", "weight_bits"), ("--act-bits", "act_bits"), ("--highway-bits", "highway_bits")):
+        if getattr(args, key) is not None:
+            raise UserError(f"{opt} conflicts with --precision {args.precision}, which sets every layer's width; "
+                            f"drop one of them")
+    if cfg.quant == "float":
+        raise UserError(f"--precision {args.precision} needs a quantized model; add --quant int, a2q or a2q+")
+    doc = load_precision(args.precision)
+    wbits, abits, record = qat_widths(doc, cfg, args.precision)
+    # The scalar widths summarise the per-layer ones (the widest), for readers of the config.
+    chosen = dict(chosen, layer_weight_bits=wbits, layer_act_bits=abits, weight_bits=max(wbits),
+                  act_bits=max(abits) if abits else cfg.act_bits)
+    return chosen, record
+
+
 def run(args) -> int:
     import math
 
@@ -116,8 +140,19 @@ def run(args) -> int:
         dataset = load_dataset(chosen["dataset"], seed=opts.seed, limit=opts.limit)
         chosen.update(dataset_shape=dataset.image_shape, num_classes=dataset.num_classes,
                       dataset_iq=dataset.input_quant)
+    precision_record = None
+    if args.precision:
+        cfg0 = preset(args.preset, **chosen) if args.preset else make_config(**chosen)
+        chosen, precision_record = _precision_widths(args, cfg0, chosen)
     cfg = preset(args.preset, **chosen) if args.preset else make_config(**chosen)
     model, result = train(cfg, out, opts, dataset=dataset)
+    if precision_record is not None:
+        import json
+
+        from accumulus.quant.train import HISTORY
+
+        result["precision"] = precision_record
+        (out / HISTORY).write_text(json.dumps(result, indent=2))
     line = f"test accuracy {result['test_accuracy']:.4f}"
     if "float_test_accuracy" in result:
         line += f" (float reference {result['float_test_accuracy']:.4f})"
