@@ -48,11 +48,25 @@ def one(work: Path, net: str, board: str, engine: str, log: Path) -> dict:
         _cli(["compile", str(proj / "model.onnx"), "--out", str(d), "--board", board, "--engine", engine,
               "--quiet"], log)
         _cli(["report", str(d), "--board", board, "--policies", "exact", "--no-pnr", "--jobs", "1"], log)
+    from accumulus.boards.report import estimate_layers, policy_dir
+    from accumulus.compiler.plan import Plan
+
     doc = json.loads(rep.read_text())
-    plan = json.loads((d / "plan.json").read_text())
-    engines = {l["name"]: l.get("engine", "rom") for l in plan["layers"] if "folding" in l}
-    rows = doc["estimator"].get("exact", {})
-    layers = {name: dict(r, engine=engines.get(name)) for name, r in rows.items() if name in engines}
+    plan = Plan.load(d / "plan.json")
+    engines = {l["name"]: l.get("engine", "rom") for l in plan.layers if "folding" in l}
+    # the estimate with the coefficients as they are now (a recalibration needs no new synthesis)
+    bj = d / "reports" / policy_dir("exact") / "rtl" / "build.json"
+    built = {l["layer"]: l for l in json.loads(bj.read_text())["layers"]}
+    est = estimate_layers(plan, "exact", BOARDS[board], built=built)
+    syn = doc["policy"]["exact"]["synth"]["lut"]["layers"]
+    layers = {}
+    for name, e in est.items():
+        y = syn.get(name, {}).get("total")
+        if not y or name not in engines:
+            continue
+        layers[name] = {"engine": engines[name], "lut_est": round(e["lut"]), "lut_yosys": y["lut"],
+                        "lut_err": round(e["lut"] / y["lut"] - 1, 4), "ff_est": round(e["ff"]), "ff_yosys": y["ff"],
+                        "ff_err": round(e["ff"] / y["ff"] - 1, 4)}
     lut_est = sum(r["lut_est"] for r in layers.values())
     lut_y = sum(r["lut_yosys"] for r in layers.values())
     ff_est = sum(r["ff_est"] for r in layers.values())

@@ -64,11 +64,13 @@ class Config:
     policy: str = "exact"
     seed: int = 0
     natural_order: bool = False
+    requant: bool = True         # False: the layer outputs accumulators (a network's last layer)
 
     @property
     def name(self) -> str:
         return (f"k{self.fan_in}_n{self.channels}_pe{self.pe}_simd{self.simd}_x{self.input_bits}"
-                f"_w{self.weight_bits}_{self.policy.replace(':', '-')}{'_nat' if self.natural_order else ''}")
+                f"_w{self.weight_bits}_{self.policy.replace(':', '-')}{'_nat' if self.natural_order else ''}"
+                f"{'' if self.requant else '_acc'}")
 
 
 # Twelve engines spanning the folding, input width and policy space the presets use, each
@@ -81,6 +83,10 @@ DEFAULT_CONFIGS = (
     Config(64, 16, 1, 8, input_bits=5, policy="fixed:24"),
     Config(32, 32, 8, 1, natural_order=True), Config(64, 16, 2, 16, natural_order=True),
     Config(128, 32, 4, 8, policy="fixed:32"),
+    # last layers (accumulators out, no thresholds), so that the threshold comparators'
+    # cost is not absorbed into the per-layer constant
+    Config(32, 10, 1, 4, requant=False), Config(64, 16, 2, 8, requant=False),
+    Config(16, 10, 2, 2, input_bits=2, requant=False, natural_order=True),
 )
 
 
@@ -125,8 +131,9 @@ def coefficients_path() -> Path:
 
 
 def _plan(cfg: Config):
-    plan = mlp_plan((cfg.fan_in, cfg.channels, 2), input_type=IntType(cfg.input_bits, False),
-                    weight_bits=cfg.weight_bits, act_bits=4, pe=[cfg.pe, 1], simd=[cfg.simd, 1], seed=cfg.seed)
+    widths = (cfg.fan_in, cfg.channels, 2) if cfg.requant else (cfg.fan_in, cfg.channels)
+    plan = mlp_plan(widths, input_type=IntType(cfg.input_bits, False), weight_bits=cfg.weight_bits, act_bits=4,
+                    pe=[cfg.pe, 1][:len(widths) - 1], simd=[cfg.simd, 1][:len(widths) - 1], seed=cfg.seed)
     if cfg.natural_order:
         layer = plan.layer("fc0")
         order = np.arange(cfg.channels)
@@ -240,8 +247,11 @@ def calibrate(family: str, out_dir: Path, configs=DEFAULT_CONFIGS, *, dsp: bool 
 def entry_terms(e: dict, family: str = "ice40") -> dict:
     c = e["config"]
     tb = e.get("threshold_bits") or []
+    requant = c.get("requant", True)
+    out_bits = 4 if requant else max(e["acc_bits"])
     return layer_terms(c["weight_bits"], c["input_bits"], c["channels"], c["fan_in"], c["pe"], c["simd"],
-                       e["acc_bits"], max(tb) if tb else 0, 4, e["reorder"], ROM_LIMITS_BY_FAMILY[family])
+                       e["acc_bits"], max(tb) if tb and requant else 0, out_bits, e["reorder"],
+                       ROM_LIMITS_BY_FAMILY[family])
 
 
 def fit_entries(entries: list[dict], family: str, dsp: bool = False) -> tuple[dict, dict]:
@@ -260,9 +270,10 @@ def fit_entries(entries: list[dict], family: str, dsp: bool = False) -> tuple[di
         coeff["dsp_min_product_bits"] = 2
     for e in entries:
         c = e["config"]
+        levels = 15 if c.get("requant", True) else 0
         est = cost_model.mac_layer_cost(c["weight_bits"], c["input_bits"], c["channels"], c["fan_in"], c["pe"],
-                                        c["simd"], e["acc_bits"], 15, max(e["threshold_bits"] or [0]), coeff,
-                                        reorder=e["reorder"])
+                                        c["simd"], e["acc_bits"], levels, max(e["threshold_bits"] or [0]) if levels else 0,
+                                        coeff, reorder=e["reorder"])
         e["estimate"] = {"lut": round(est["lut"], 1), "ff": round(est["ff"], 1)}
         e["lut_error"] = round(est["lut"] / e["yosys"]["lut"] - 1, 4)
         e["ff_error"] = round(est["ff"] / e["yosys"]["ff"] - 1, 4)
