@@ -28,7 +28,7 @@ from torch import nn
 from brevitas.core.scaling import AccumulatorAwareParameterPreScaling, ScalingImplType
 from brevitas.nn import QuantIdentity, QuantReLU
 from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
-from brevitas.quant import Int8WeightPerChannelFloat, Uint8ActPerTensorFloat
+from brevitas.quant import Int8WeightPerChannelFloat, Uint8ActPerTensorFixedPoint, Uint8ActPerTensorFloat
 from brevitas.quant.scaled_int import (
     Int8AccumulatorAwareWeightQuant,
     Int8AccumulatorAwareZeroCenterWeightQuant,
@@ -37,7 +37,7 @@ from brevitas.quant.scaled_int import (
 from .data import InputQuant
 
 __all__ = [
-    "QUANT_MODES", "input_quant_layer", "act_quant_layer", "weight_quant_kwargs",
+    "QUANT_MODES", "input_quant_layer", "act_quant_layer", "highway_quant_layer", "weight_quant_kwargs",
     "project_l1_ball", "apply_ep_init", "is_a2q_layer",
 ]
 
@@ -86,6 +86,16 @@ def act_quant_layer(bits: int, relu: bool = True) -> nn.Module:
     """
     cls = QuantReLU if relu else QuantIdentity
     return cls(act_quant=Uint8ActPerTensorFloat, bit_width=bits, return_quant_tensor=True)
+
+
+def highway_quant_layer(bits: int, relu: bool = True) -> nn.Module:
+    """Residual-stream quantizer of the Precision Highway (Park et al., "Precision Highway for
+    Ultra Low-Precision Quantization"): unsigned ``bits``-bit fixed point (a learned
+    power-of-two scale), so that the residual Add aligns its inputs by a shift and the
+    requantization of the sum is a rounding shift, not a multiplier.
+    """
+    cls = QuantReLU if relu else QuantIdentity
+    return cls(act_quant=Uint8ActPerTensorFixedPoint, bit_width=bits, return_quant_tensor=True)
 
 
 def weight_quant_kwargs(quant: str, weight_bits: int, acc_bits: int | None) -> dict:

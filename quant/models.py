@@ -18,16 +18,23 @@ Choices that keep the exported QONNX graph simple for the compiler:
   P=12 and training collapses, TOOLCHAIN.md); the first layer is per-channel integer
   QAT unless ``constrain_first``. Every A2Q layer's input is a QuantTensor.
 * ``width_mult`` scales every hidden width (WRPN: wider, lower-precision networks).
-* Residual CNN: a residual Add around the second conv, ``x1 + relu_q(bn(conv2(x1)))``;
-  both inputs are quantized tensors, the sum is requantized by an unsigned
-  ``QuantIdentity`` of ``highway_bits`` (default ``act_bits``; the Precision Highway option
-  keeps this residual stream at 8 bits while convolutions see ``act_bits``).
+* Residual CNN: ``res_blocks`` residual Adds, each around one conv,
+  ``x + relu_q(bn(conv(x)))``; both inputs are quantized tensors and the sum is
+  requantized by an unsigned ``QuantIdentity``. ``highway_bits`` H chooses the width of
+  the residual stream (Park et al., "Precision Highway for Ultra Low-Precision
+  Quantization"): with H > 0 the stem output, every branch output and every residual sum
+  are H-bit fixed point (power-of-two scales) and only the copy feeding each convolution
+  (``convN_in``) is quantized to ``act_bits``; with H = 0 (``None`` in configs written
+  before the option) the stream itself is at ``act_bits``, as in Brevitas' A2Q ResNet
+  example. ``make_config`` defaults a residual model to H = 16.
 * Per-layer widths (Sakr & Shanbhag's per-tensor precision, ``train --precision``):
   ``layer_weight_bits`` gives one weight width per weight layer in forward order and
   ``layer_act_bits`` one width per activation quantizer in forward order (MLP
-  ``acts.0, acts.1, ..``; CNN ``act1, act2, act3``; residual CNN ``act1, act2, add_quant,
-  act3``); either overrides ``weight_bits`` / ``act_bits`` (and ``highway_bits``) layer by
-  layer. The graph input keeps the dataset's width.
+  ``acts.0, acts.1, ..``; CNN ``act1, act2, act3``; residual CNN ``act1``, then
+  ``act2*, add_quant*`` per block, then ``act3``; :meth:`ModelConfig.act_names`); either
+  overrides ``weight_bits`` / ``act_bits`` layer by layer. A residual model takes them
+  only with ``highway_bits`` 0 (a highway fixes its stream's width). The graph input keeps
+  the dataset's width.
 
 A model's ``config`` dict (plain JSON values) rebuilds it with :func:`build_model`; it is
 saved with the state_dict in ``model.pt``.
@@ -65,7 +72,8 @@ class ModelConfig:
     hidden: tuple[int, ...] = (64, 64)
     width_mult: float = 1.0
     constrain_first: bool = False
-    highway_bits: int | None = None   # resnet only: width of the residual stream
+    highway_bits: int | None = None   # resnet only: width of the residual stream (0/None: act_bits)
+    res_blocks: int = 1               # resnet only: residual blocks (one conv each)
     layer_weight_bits: tuple[int, ...] | None = None   # per weight layer, forward order
     layer_act_bits: tuple[int, ...] | None = None      # per activation quantizer, forward order
     input_bits: int = 5               # from the dataset's input quantizer
@@ -107,22 +115,25 @@ class ModelConfig:
         """Weight layers (Linear/Conv modules) in forward order."""
         if self.model == "mlp":
             return [f"layers.{i}" for i in range(len(self.hidden) + 1)]
-        return ["conv1", "conv2", "conv3", "fc"]
+        blocks = self.res_blocks if self.model == "resnet" else 1
+        return ["conv1"] + [f"conv2{_block_suffix(i)}" for i in range(blocks)] + ["conv3", "fc"]
 
     def act_names(self) -> list[str]:
-        """Hidden activation quantizers in forward order (the graph input excluded)."""
+        """Hidden activation quantizers in forward order (the graph input and a highway's
+        per-conv copies excluded)."""
         if self.model == "mlp":
             return [f"acts.{i}" for i in range(len(self.hidden))]
-        return ["act1", "act2", "add_quant", "act3"] if self.model == "resnet" else ["act1", "act2", "act3"]
+        if self.model == "cnn":
+            return ["act1", "act2", "act3"]
+        blocks = [n for i in range(self.res_blocks) for n in (f"act2{_block_suffix(i)}", f"add_quant{_block_suffix(i)}")]
+        return ["act1"] + blocks + ["act3"]
 
     def layer_weight_width(self, index: int) -> int:
         return self.layer_weight_bits[index] if self.layer_weight_bits is not None else self.weight_bits
 
     def act_width(self, name: str) -> int:
-        if self.layer_act_bits is not None:
+        if self.layer_act_bits is not None and name in self.act_names():
             return self.layer_act_bits[self.act_names().index(name)]
-        if name == "add_quant":
-            return self.highway_bits or self.act_bits
         return self.act_bits
 
 
@@ -131,8 +142,15 @@ PRESETS: dict[str, dict] = {
     "digits-mlp": dict(model="mlp", dataset="digits", hidden=(64, 64), quant="a2q+", weight_bits=4, act_bits=4, acc_bits=12),
     "mnist-tfc": dict(model="mlp", dataset="mnist5k", hidden=(64, 64, 64), quant="a2q+", weight_bits=4, act_bits=4, acc_bits=12),
     "digits-cnn": dict(model="cnn", dataset="digits", hidden=(16, 16, 32), quant="int", weight_bits=4, act_bits=4),
-    "digits-rescnn": dict(model="resnet", dataset="digits", hidden=(16, 16, 32), quant="int", weight_bits=4, act_bits=4),
+    "digits-rescnn": dict(model="resnet", dataset="digits", hidden=(16, 16, 32), quant="int", weight_bits=4, act_bits=4,
+                          highway_bits=0),
+    # Precision Highway comparison (issue 15): three residual blocks, 16-bit residual stream
+    "digits-rescnn3": dict(model="resnet", dataset="digits", hidden=(16, 16, 32), quant="int", weight_bits=4, act_bits=4,
+                           highway_bits=16, res_blocks=3),
 }
+
+# Residual models without an explicit --highway keep their stream at this many bits.
+DEFAULT_HIGHWAY_BITS = 16
 
 _DEFAULT_HIDDEN = {"mlp": (64, 64), "cnn": (16, 16, 32), "resnet": (16, 16, 32)}
 
@@ -175,6 +193,8 @@ def make_config(dataset_shape: tuple[int, ...] | None = None, num_classes: int |
         raise UserError(f"--mls {kw['mls']} needs --quant mls (got --quant {quant})")
     if quant not in ("a2q", "a2q+"):
         kw["acc_bits"] = None
+    if model == "resnet" and kw.get("highway_bits") is None:
+        kw["highway_bits"] = DEFAULT_HIGHWAY_BITS
     cfg = ModelConfig(**kw)
     validate(cfg)
     return cfg
@@ -197,10 +217,21 @@ def validate(cfg: ModelConfig) -> None:
         for name, b in zip(names, vals):
             if cfg.quant != "float" and not lo <= b <= 16:
                 raise UserError(f"{key}: layer '{name}' gets {b} bits; widths must be {lo}..16")
+    if cfg.model == "resnet" and cfg.highway_bits and cfg.quant != "float" and (
+            cfg.layer_act_bits is not None or cfg.layer_weight_bits is not None):
+        raise UserError(f"per-layer widths (--precision) on a residual model need --highway 0 "
+                        f"(a {cfg.highway_bits}-bit highway fixes the stream's width)")
     if not cfg.hidden or any(h < 1 for h in cfg.hidden):
         raise UserError(f"hidden widths must be positive, got {list(cfg.hidden)}")
     if cfg.model in ("cnn", "resnet") and len(cfg.hidden) != 3:
         raise UserError(f"model '{cfg.model}' takes 3 conv widths, got {list(cfg.hidden)}")
+    if cfg.model != "resnet" and (cfg.highway_bits or cfg.res_blocks != 1):
+        raise UserError(f"--highway and res_blocks apply to residual models only (model '{cfg.model}'); "
+                        "use --model resnet or drop them")
+    if cfg.highway_bits is not None and not (cfg.highway_bits == 0 or 2 <= cfg.highway_bits <= 24):
+        raise UserError(f"--highway must be 0 (stream at --act-bits) or 2..24 bits, got {cfg.highway_bits}")
+    if not 1 <= cfg.res_blocks <= 16:
+        raise UserError(f"res_blocks must be 1..16, got {cfg.res_blocks}")
     if cfg.model == "resnet" and cfg.hidden[0] != cfg.hidden[1]:
         raise UserError(f"resnet: the residual Add needs conv1 and conv2 widths equal, got {list(cfg.hidden[:2])}")
     if cfg.model in ("cnn", "resnet") and min(cfg.in_shape[1:]) < 4:
@@ -228,8 +259,15 @@ def constrained_inputs(cfg: ModelConfig) -> list[tuple[str, IntType]]:
     if cfg.model == "mlp":
         types = [first] + [act(a) for a in cfg.act_names()]
     else:
-        mid = act("add_quant") if cfg.model == "resnet" else act("act2")
-        types = [first, act("act1"), mid, act("act3")]
+        if cfg.model == "cnn":
+            types = [first, act("act1"), act("act2"), act("act3")]
+        elif cfg.highway_bits:
+            # every conv after the first reads its act_bits copy of the H-bit stream
+            types = [first] + [IntType(cfg.act_bits, False)] * (len(names) - 2) + [act("act3")]
+        else:
+            # block i reads the stream: act1, then the previous block's sum
+            stream = ["act1"] + [f"add_quant{_block_suffix(i)}" for i in range(cfg.res_blocks)]
+            types = [first] + [act(a) for a in stream] + [act("act3")]
     pairs = list(zip(names, types))
     return pairs if cfg.constrain_first else pairs[1:]
 
@@ -296,36 +334,72 @@ class QuantMLP(nn.Module):
 class QuantCNN(nn.Module):
     """conv3x3/c1, conv3x3/c2, maxpool2, conv3x3/c3, maxpool2, fc (all pad 1, BN after each conv).
 
-    ``residual=True`` adds the second conv's input to its activation (the residual Add).
+    ``residual=True`` adds each residual conv's input to its activation (the residual Add),
+    ``cfg.res_blocks`` times (module names ``conv2``, ``conv2_2``, ... for the blocks).
+    With a Precision Highway (``cfg.highway_bits`` H > 0, quantized models only) the stem
+    output ``act1``, each branch output ``act2*`` and each sum ``add_quant*`` are H-bit fixed
+    point and ``conv2*_in``/``conv3_in`` quantize the copy each convolution reads to ``act_bits``.
     """
 
     def __init__(self, cfg: ModelConfig, residual: bool = False):
         super().__init__()
         self.config = cfg
         self.residual = residual
+        hw = (cfg.highway_bits or 0) if residual and cfg.quant != "float" else 0
+        self.highway_bits = hw
+        stream = (lambda name, relu=True: bc.highway_quant_layer(hw, relu=relu)) if hw else \
+            (lambda name, relu=True: _act(cfg, name, relu=relu))
         c1, c2, c3 = (max(1, int(round(c * cfg.width_mult))) for c in cfg.hidden)
         cin, h, w = cfg.in_shape
         self.input_quant = _input(cfg)
-        self.conv1, self.bn1, self.act1 = _conv(cfg, cin, c1, True, 0), nn.BatchNorm2d(c1), _act(cfg, "act1")
-        self.conv2, self.bn2, self.act2 = _conv(cfg, c1, c2, False, 1), nn.BatchNorm2d(c2), _act(cfg, "act2")
-        if residual:
-            self.add_quant = _act(cfg, "add_quant", relu=False)
+        nb = len(cfg.weight_layer_names()) - 3      # residual blocks (1 for the plain CNN)
+        self.conv1, self.bn1, self.act1 = _conv(cfg, cin, c1, True, 0), nn.BatchNorm2d(c1), stream("act1")
+        self.block_names = [f"conv2{_block_suffix(i)}" for i in range(nb)]
+        for i, name in enumerate(self.block_names):
+            sfx = _block_suffix(i)
+            if hw:
+                setattr(self, f"{name}_in", _act(cfg, f"{name}_in", relu=False))
+            setattr(self, name, _conv(cfg, c1, c2, False, 1 + i))
+            setattr(self, f"bn2{sfx}", nn.BatchNorm2d(c2))
+            setattr(self, f"act2{sfx}", stream(f"act2{sfx}") if residual else _act(cfg, "act2"))
+            if residual:
+                setattr(self, f"add_quant{sfx}", stream(f"add_quant{sfx}", relu=False))
         self.pool1 = nn.MaxPool2d(2)
-        self.conv3, self.bn3, self.act3 = _conv(cfg, c2, c3, False, 2), nn.BatchNorm2d(c3), _act(cfg, "act3")
+        if hw:
+            self.conv3_in = _act(cfg, "conv3_in", relu=False)
+        self.conv3, self.bn3, self.act3 = _conv(cfg, c2, c3, False, 1 + nb), nn.BatchNorm2d(c3), _act(cfg, "act3")
         self.pool2 = nn.MaxPool2d(2)
         self.flatten = nn.Flatten()
-        self.fc = _linear(cfg, c3 * (h // 4) * (w // 4), cfg.num_classes, first=False, index=3)
+        self.fc = _linear(cfg, c3 * (h // 4) * (w // 4), cfg.num_classes, first=False, index=2 + nb)
+
+    def blocks(self, x):
+        """The graph up to the first pool: the stem output, then each block's output."""
+        x = self.input_quant(x)
+        x = self.act1(self.bn1(self.conv1(x)))
+        outs = [x]
+        for i, name in enumerate(self.block_names):
+            sfx = _block_suffix(i)
+            xc = getattr(self, f"{name}_in")(x) if self.highway_bits else x
+            y = getattr(self, f"act2{sfx}")(getattr(self, f"bn2{sfx}")(getattr(self, name)(xc)))
+            if self.residual:
+                # Both operands are quantized (Quant -> Add <- Quant in QONNX); the float sum is
+                # requantized once, which is where the compiler's full-width residual add sits.
+                x = getattr(self, f"add_quant{sfx}")(_value(x) + _value(y))
+            else:
+                x = y
+            outs.append(x)
+        return outs
 
     def forward(self, x):
-        x = self.input_quant(x)
-        x1 = self.act1(self.bn1(self.conv1(x)))
-        x2 = self.act2(self.bn2(self.conv2(x1)))
-        if self.residual:
-            # Both operands are quantized (Quant -> Add <- Quant in QONNX); the float sum is
-            # requantized once, which is where the compiler's full-width residual add sits.
-            x2 = self.add_quant(_value(x1) + _value(x2))
-        x3 = self.act3(self.bn3(self.conv3(self.pool1(x2))))
+        x = self.pool1(self.blocks(x)[-1])
+        if self.highway_bits:
+            x = self.conv3_in(x)
+        x3 = self.act3(self.bn3(self.conv3(x)))
         return self.fc(self.flatten(self.pool2(x3)))
+
+
+def _block_suffix(i: int) -> str:
+    return "" if i == 0 else f"_{i + 1}"
 
 
 def _value(t):
@@ -352,5 +426,5 @@ def quant_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def layer_quant_modes(cfg: ModelConfig) -> list[str]:
-    n = len(cfg.hidden) + 1
+    n = len(cfg.hidden) + 1 + (cfg.res_blocks - 1 if cfg.model == "resnet" else 0)
     return [_layer_quant(cfg, i == 0) for i in range(n)]

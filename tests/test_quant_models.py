@@ -81,7 +81,8 @@ def test_width_mult_and_highway():
     assert [m.weight.shape[0] for _, m in quant_layers(build_model(cfg))] == [128, 128, 10]
     r = preset("digits-rescnn", highway_bits=8, quant="a2q+", acc_bits=16)
     layers = quant_weights(build_model(r), r, torch.rand(2, *r.in_shape))
-    assert layers[2].input_type == IntType(8, False)   # conv3 reads the 8-bit residual stream
+    # Precision Highway: conv3 reads the 4-bit copy of the 8-bit residual stream
+    assert layers[2].input_type == IntType(4, False)
 
 
 @pytest.mark.parametrize("kw,match", [

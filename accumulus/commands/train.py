@@ -12,6 +12,7 @@ EXAMPLES = """
   accumulus train --preset digits-mlp --epochs 20 --resume --out build/digits    # continue training
   accumulus train --preset digits-mlp --quant int --precision build/dmf/precision.json --out build/dsakr
                   # per-layer widths from 'accumulus precision' (Sakr & Shanbhag)
+  accumulus train --preset digits-rescnn3 --weight-bits 2 --act-bits 2 --highway 16 --out build/hw16
 """
 
 
@@ -26,7 +27,7 @@ def _int_list(text: str) -> list[int]:
 
 def add_arguments(p):
     g = p.add_argument_group("model")
-    g.add_argument("--preset", help="digits-mlp | mnist-tfc | digits-cnn | digits-rescnn (other options override it)")
+    g.add_argument("--preset", help="digits-mlp | mnist-tfc | digits-cnn | digits-rescnn | digits-rescnn3 (other options override it)")
     g.add_argument("--model", help="mlp | cnn | resnet (default mlp)")
     g.add_argument("--dataset", help="digits | mnist5k | PATH.npz with arrays x (N,[C,]H,W) and y (default digits)")
     g.add_argument("--quant", help="float | int | a2q | a2q+ | mls (default a2q+)")
@@ -39,7 +40,10 @@ def add_arguments(p):
     g.add_argument("--width-mult", type=float, metavar="F", help="scale every hidden width (WRPN), default 1")
     g.add_argument("--constrain-first", action="store_true", default=None,
                    help="apply A2Q/A2Q+ to the first layer too (default: plain integer QAT, sized exactly)")
-    g.add_argument("--highway-bits", type=int, metavar="B", help="resnet: bits of the residual stream after the Add (Precision Highway, e.g. 8)")
+    g.add_argument("--highway", "--highway-bits", dest="highway_bits", type=int, metavar="H",
+                   help="resnet: Precision Highway width: the block inputs and residual sums stay H-bit fixed point, "
+                        "only each conv's input copy is quantized to --act-bits; 0 keeps the stream at --act-bits "
+                        "(default 16; the digits-rescnn preset pins 0)")
     g.add_argument("--precision", metavar="FILE",
                    help="per-layer weight and activation widths from 'accumulus precision' (precision.json; "
                         "weights B signed bits, activations B-1 unsigned); replaces --weight-bits/--act-bits")

@@ -1,0 +1,222 @@
+"""Precision Highway (Park et al., "Precision Highway for Ultra Low-Precision Quantization")
+on the three-block residual CNN ``digits-rescnn3``: W2A2 and W3A3, 3 seeds, ``--highway 16``
+(block inputs, branch outputs and residual sums 16-bit fixed point, each conv reads an
+act_bits copy) vs ``--highway 0`` (the stream itself at act_bits, as Brevitas' A2Q ResNet
+example) vs float.
+
+Recipe (the paper's): per seed a float twin is trained, and every quantized model is
+initialised from its weights and fine-tuned with QAT, so block outputs are comparable with
+the float twin's. Block-output error is the relative L2 error ``||q - f|| / ||f||`` of the
+stem's and each residual block's output (``QuantCNN.blocks``) over the test set.
+
+Hardware: seed 0 of each width and mode is exported, compiled (its golden model checked
+against qonnx by compile) and compared with PyTorch top-1 on the test set; the ``--highway 16``
+builds are synthesised by Yosys for the compile board's family (hierarchy kept) and the
+cells of the residual Add engines, their skip FIFOs and forks, and the requantizers of the
+16-bit stream are counted against the whole design.
+
+    .venv/bin/python -P benchmarks/highway.py [--epochs-float 15] [--epochs-qat 10] [--no-hw]
+
+Writes benchmarks/results/highway.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from accumulus.quant.data import load_dataset
+from accumulus.quant.models import ModelConfig, build_model, preset
+from accumulus.quant.train import TrainOptions, _fit, evaluate, set_threads
+
+RESULTS = Path(__file__).parent / "results" / "highway.json"
+PRESET = "digits-rescnn3"
+WIDTHS = ((2, 2), (3, 3))
+MODES = (16, 0)
+
+
+@torch.no_grad()
+def block_outputs(model, x: np.ndarray) -> list[np.ndarray]:
+    model.eval()
+    outs = model.blocks(torch.from_numpy(x))
+    return [getattr(o, "value", o).numpy().astype(np.float64) for o in outs]
+
+
+def rel_l2(q: list[np.ndarray], f: list[np.ndarray]) -> list[float]:
+    return [float(np.linalg.norm(a - b) / np.linalg.norm(b)) for a, b in zip(q, f)]
+
+
+def train_all(args, ds_by_seed) -> tuple[list[dict], dict]:
+    runs, keep = [], {}
+    for seed in args.seeds:
+        ds = ds_by_seed[seed]
+        fcfg = preset(PRESET, quant="float")
+        torch.manual_seed(seed)
+        fmodel = build_model(fcfg)
+        t0 = time.perf_counter()
+        _fit(fmodel, fcfg, ds, TrainOptions(epochs=args.epochs_float, seed=seed, progress=False), None, label="float")
+        facc = evaluate(fmodel, ds.x_test, ds.y_test)
+        fblocks = block_outputs(fmodel, ds.x_test)
+        runs.append({"mode": "float", "seed": seed, "test_accuracy": facc, "epochs": args.epochs_float,
+                     "seconds": round(time.perf_counter() - t0, 1)})
+        print(f"seed {seed} float {facc:.4f}", flush=True)
+        for wb, ab in WIDTHS:
+            for hw in MODES:
+                cfg = preset(PRESET, weight_bits=wb, act_bits=ab, highway_bits=hw)
+                torch.manual_seed(seed)
+                model = build_model(cfg)
+                missing, unexpected = model.load_state_dict(fmodel.state_dict(), strict=False)
+                assert not unexpected, unexpected
+                t0 = time.perf_counter()
+                _fit(model, cfg, ds, TrainOptions(epochs=args.epochs_qat, seed=seed, lr=args.lr_qat, progress=False),
+                     None, label=f"W{wb}A{ab} H{hw}")
+                acc = evaluate(model, ds.x_test, ds.y_test)
+                err = rel_l2(block_outputs(model, ds.x_test), fblocks)
+                runs.append({"mode": f"highway{hw}", "highway_bits": hw, "weight_bits": wb, "act_bits": ab,
+                             "seed": seed, "test_accuracy": acc, "float_test_accuracy": facc,
+                             "block_rel_l2_vs_float": dict(zip(["stem"] + [f"block{i + 1}" for i in range(3)], err)),
+                             "epochs": args.epochs_qat, "seconds": round(time.perf_counter() - t0, 1)})
+                print(f"seed {seed} W{wb}A{ab} highway {hw}: {acc:.4f}, block error {[round(e, 4) for e in err]}",
+                      flush=True)
+                if seed == args.seeds[0]:
+                    d = Path(args.work) / f"W{wb}A{ab}_highway{hw}"
+                    d.mkdir(parents=True, exist_ok=True)
+                    torch.save({"config": cfg.to_json(), "state_dict": model.state_dict()}, d / "bench_model.pt")
+                    keep[(wb, ab, hw)] = d
+        RESULTS.write_text(json.dumps({"partial": True, "runs": runs}, indent=2))
+    return runs, keep
+
+
+def summarise(runs: list[dict]) -> dict:
+    out = {}
+    floats = [r["test_accuracy"] for r in runs if r["mode"] == "float"]
+    out["float"] = {"mean": float(np.mean(floats)), "std": float(np.std(floats)), "runs": floats}
+    for wb, ab in WIDTHS:
+        for hw in MODES:
+            rs = [r for r in runs if r.get("weight_bits") == wb and r.get("highway_bits") == hw]
+            accs = [r["test_accuracy"] for r in rs]
+            blocks = {k: float(np.mean([r["block_rel_l2_vs_float"][k] for r in rs])) for k in rs[0]["block_rel_l2_vs_float"]}
+            out[f"W{wb}A{ab}_highway{hw}"] = {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "runs": accs,
+                                              "block_rel_l2_vs_float_mean": blocks}
+    return out
+
+
+def hardware(keep, ds, board: str) -> dict:
+    """Export, compile, golden vs PyTorch top-1; Yosys per-module cells of the highway builds."""
+    from accumulus.cli import main
+    from accumulus.compiler import golden
+    from accumulus.compiler.plan import Plan
+    from accumulus.quant.export import export_model
+
+    out = {}
+    for (wb, ab, hw), d in keep.items():
+        name = f"W{wb}A{ab}_highway{hw}"
+        ck = torch.load(d / "bench_model.pt", weights_only=False)
+        cfg = ModelConfig.from_json(ck["config"])
+        model = build_model(cfg)
+        model.load_state_dict(ck["state_dict"])
+        export_model(model, cfg, d, torch.from_numpy(ds.x_test[:8]))
+        t0 = time.perf_counter()
+        assert main(["compile", str(d / "model.onnx"), "--out", str(d), "--board", board]) == 0
+        plan = Plan.load(d)
+        y = golden.onnx_output(plan, golden.run_float(plan, ds.x_test))
+        gold_top1 = y.reshape(len(ds.x_test), -1).argmax(1)
+        with torch.no_grad():
+            torch_top1 = model.eval()(torch.from_numpy(ds.x_test)).argmax(1).numpy()
+        rec = {"compile_seconds": round(time.perf_counter() - t0, 1),
+               "golden_vs_pytorch_top1": float((gold_top1 == torch_top1).mean()),
+               "golden_accuracy": float((gold_top1 == ds.y_test).mean()), "test_images": int(len(ds.x_test)),
+               "stream_types": {l["name"]: plan.tensor(l["output"])["type"] for l in plan.layers
+                                if l["kind"] in ("add",)}}
+        if hw:
+            rec["synthesis"] = synth_highway(d, board)
+        out[name] = rec
+        print(name, json.dumps({k: v for k, v in rec.items() if k != "synthesis"}), flush=True)
+    return out
+
+
+HIGHWAY_PARTS = (
+    # (category, substring of the hierarchical module name); first match wins
+    ("add_engines", "layer__Add"),
+    ("skip_fifos", "skip_layer__Add"),
+    ("stream_forks", "fork_"),
+    ("sum_requant", "layer__add_quant"),
+    ("conv_input_copies", "_in_act_quant"),
+    ("branch_output_requant", "layer__act"),
+)
+HIGHWAY_CORE = ("add_engines", "skip_fifos", "stream_forks", "sum_requant")
+
+
+def synth_highway(d: Path, board: str) -> dict:
+    """Yosys synthesis of the built top, hierarchy kept: own cells of every module times its
+    instances, summed per highway part (``HIGHWAY_PARTS``) and for the whole design."""
+    from accumulus.boards.boards import load_board
+    from accumulus.boards.synth import SynthJob, run_synth
+    from accumulus.cli import main
+
+    assert main(["build", str(d)]) == 0
+    b = load_board(board)
+    build = json.loads((d / "rtl" / "build.json").read_text())
+    top = build["top"]
+    job = SynthJob("highway", [d / "rtl" / top["file"]], top["module"], b.family, d / f"synth-{b.family}",
+                   flatten=False)
+    res = run_synth(job)
+    if not res.ok:
+        return {"ok": False, "error": res.error}
+    parts = {cat: {"lut": 0, "ff": 0, "bram": 0} for cat, _ in HIGHWAY_PARTS}
+    for mod, n in res.instances.items():
+        cat = next((c for c, key in HIGHWAY_PARTS if key in mod), None)
+        if cat is not None:
+            for k in ("lut", "ff", "bram"):
+                parts[cat][k] += n * res.modules.get(mod, {}).get(k, 0)
+    core = {k: sum(parts[c][k] for c in HIGHWAY_CORE) for k in ("lut", "ff", "bram")}
+    return {"ok": True, "tool": f"{res.version}, {b.family} synthesis (synth_{b.family} -noflatten, no DSP), "
+                                "not place-and-route", "seconds": round(res.seconds, 1), "total": res.total,
+            "parts": parts, "highway_core": core, "highway_core_is": list(HIGHWAY_CORE),
+            "highway_lut_fraction": core["lut"] / max(1, res.total["lut"]),
+            "highway_ff_fraction": core["ff"] / max(1, res.total["ff"])}
+
+
+def main_(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs-float", type=int, default=15)
+    p.add_argument("--epochs-qat", type=int, default=10)
+    p.add_argument("--lr-qat", type=float, default=1e-3)
+    p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
+    p.add_argument("--board", default="ulx3s-85f")
+    p.add_argument("--no-hw", action="store_true")
+    p.add_argument("--hw-only", action="store_true", help="reuse the models saved in --work")
+    p.add_argument("--work", default="build/highway_bench", help="folder for the seed-0 models and their builds")
+    args = p.parse_args(argv)
+    set_threads(1)
+    t0 = time.perf_counter()
+    ds_by_seed = {s: load_dataset("digits", seed=s) for s in args.seeds}
+    if args.hw_only:
+        doc = json.loads(RESULTS.read_text())
+        keep = {(wb, ab, hw): Path(args.work) / f"W{wb}A{ab}_highway{hw}" for wb, ab in WIDTHS for hw in MODES}
+        doc["hardware"] = hardware(keep, ds_by_seed[args.seeds[0]], args.board)
+        RESULTS.write_text(json.dumps(doc, indent=2))
+        return 0
+    runs, keep = train_all(args, ds_by_seed)
+    doc = {"preset": PRESET, "config": preset(PRESET).to_json(), "seeds": args.seeds,
+           "recipe": {"float_epochs": args.epochs_float, "qat_epochs": args.epochs_qat, "qat_lr": args.lr_qat,
+                      "init": "each quantized model starts from its seed's float twin (Precision Highway's recipe)",
+                      "block_error": "relative L2 ||q - f|| / ||f|| of the stem and block outputs on the test set"},
+           "summary": summarise(runs), "runs": runs}
+    RESULTS.write_text(json.dumps(doc, indent=2))
+    if not args.no_hw:
+        doc["hardware"] = hardware(keep, ds_by_seed[args.seeds[0]], args.board)
+    doc["seconds"] = round(time.perf_counter() - t0, 1)
+    RESULTS.write_text(json.dumps(doc, indent=2))
+    print(json.dumps(doc["summary"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_())
