@@ -205,6 +205,83 @@ def test_autograd_forward_quantizes_backward_quantizes_gradient_stochastically()
     assert torch.equal(x.grad, upstream)
 
 
+@pytest.mark.parametrize("fmt", FORMATS + [MLSFormat(0, 1, 1, 0)])
+def test_integer_quantizer_equals_float_quantizer(fmt):
+    """quantize_int (integer comparisons, tensor scale max|X|) gives the codes of quantize on
+    the fixed-point values X * 2^-f, for any fraction bits f (scale invariance)."""
+    rng = np.random.default_rng(7)
+    for trial in range(120):
+        shape = (1, int(rng.integers(1, 10))) + tuple(int(v) for v in rng.integers(1, 4, int(rng.integers(0, 3))))
+        bits = int(rng.integers(1, 24))
+        x = rng.integers(-(1 << bits), 1 << bits, shape)
+        x = np.where(rng.random(shape) < 0.4, x >> rng.integers(0, bits + 1, shape), x)   # small groups
+        if trial % 17 == 0:
+            x[:] = 0
+        a = mls.quantize_int(x, fmt)
+        f = int(rng.integers(-4, 20))
+        b = mls.quantize((x * 2.0 ** -f).astype(np.float32), fmt)
+        for k in FIELDS:
+            assert np.array_equal(getattr(a, k), getattr(b, k)), (fmt.name, trial, k)
+        assert a.tensor_scale == max(int(np.abs(x).max()), 1) and b.tensor_scale == (float(np.abs(x).max()) * 2.0 ** -f or 1.0)
+        a.check()
+
+
+def test_integer_quantizer_rounding_ties_and_group_overflow():
+    fmt = MLSFormat(1, 2, 2, 2)
+    # S = 8: 6/8 = 0.75 is the element 2^-1 * 1.5 exactly; 5/8 lies between 0.5 and 0.75 at the tie
+    # 0.625 -> ties to even mantissa 0 (0.5); 7/8 = 0.875 ties between 0.75 and 1.0 -> even (1.0)
+    x = np.array([[8, 6, 5, 7]])
+    c = mls.quantize_int(x, fmt)
+    vals = mls.dequantize(c)[0] / 8
+    assert list(vals) == [1.0, 0.75, 0.5, 1.0]
+    # a group maximum 63/64 of S with g = 0 rounds up to 1; at S = 64 a group max of 31 (g = 1,
+    # y_top = 62/64 -> 1.0) stays in range; 63 in a second group (y_top = 126/64 rounds to 2): g - 1
+    x = np.array([[64, 0, 31, 1, 63, 2]])
+    c = mls.quantize_int(x, fmt)
+    b = mls.quantize(x.astype(np.float32), fmt)
+    for k in FIELDS:
+        assert np.array_equal(getattr(c, k), getattr(b, k)), k
+    with pytest.raises(TypeError, match="integer tensor"):
+        mls.quantize_int(np.ones((1, 4)), fmt)
+
+
+def test_numpy_fake_quantize_equals_torch_and_is_the_onnx_op():
+    """compiler/mls.fake_quantize (the package's onnx.reference op) == quant/mls.fake_quantize
+    (PyTorch) bit for bit, per sample and per tensor."""
+    from accumulus.compiler.frontend.mls_load import reference_op
+
+    rng = np.random.default_rng(3)
+    op = reference_op()
+    for fmt in FORMATS:
+        x = _tensor(rng, (5, 7, 3, 3)).astype(np.float32)
+        for per_sample in (False, True):
+            a = mls.fake_quantize(x, fmt, per_sample=per_sample)
+            b = qmls.fake_quantize(torch.from_numpy(x), fmt, "nearest", per_sample=per_sample).numpy()
+            assert a.dtype == np.float32 and np.array_equal(a, b), (fmt.name, per_sample)
+    assert op.op_domain == "accumulus"
+
+
+def test_requant_rounds_half_to_even_exactly():
+    """golden.mls_requant against exact rational arithmetic (Fractions) on wide operands."""
+    from accumulus.compiler.golden import mls_requant
+
+    rng = np.random.default_rng(5)
+    for relu in (False, True):
+        n, r = 6, 37
+        layer = {"name": "l", "requant": {"A": [int(v) for v in rng.integers(-(1 << 23), 1 << 23, n)],
+                                          "B": [int(v) for v in rng.integers(-(1 << 20), 1 << 20, n)],
+                                          "shift": r, "relu": relu, "out_bits": 40}}
+        acc = rng.integers(-(1 << 22), 1 << 22, (3, n, 2, 2))
+        acc[0, 0, 0, 0] = 1 << 15          # exact ties: T * S * A = odd * 2^(r-1)
+        layer["requant"]["A"][0] = 1 << 21
+        smax = [1 << 0, int(rng.integers(1, 1 << 30)), int(rng.integers(1, 1 << 30))]
+        y = mls_requant(layer, acc, smax)
+        for idx in np.ndindex(acc.shape):
+            v = Fraction(int(acc[idx]) * smax[idx[0]] * layer["requant"]["A"][idx[1]], 1 << r)
+            want = round(v) + layer["requant"]["B"][idx[1]]          # Python's round: half to even
+            assert y[idx] == (max(want, 0) if relu else want), idx
+
+
 def test_bad_input_messages():
     with pytest.raises(ValueError, match="exponent_bits"):
         MLSFormat(1, 0, 4, 2)
