@@ -346,9 +346,9 @@ def quantize_int(x, fmt: MLSFormat = DEFAULT_FORMAT) -> MLSCodes:
       on the remainder (``2r > S``, or ``2r == S`` and the quotient odd); ``m = 2^M`` carries
       into ``e - 1``.
 
-    The result equals :func:`quantize` of ``x * c`` for any power of two ``c`` (the tensor
-    scale ``S * c``) and, whenever ``S < 2^40``, of ``x`` times any positive float that keeps
-    the values exact: float64 quotients of such integers cannot cross a rounding boundary.
+    The result equals :func:`quantize` of ``x * c`` for any power of two ``c`` (tensor scale
+    ``S * c``; tests/test_mls.py): the float quotient of two such values cannot cross a
+    rounding boundary.
     The codes' ``tensor_scale`` is the Python int ``S``.
     """
     x = np.asarray(x)
