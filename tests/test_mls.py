@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from amaranth.hdl import Module
 from amaranth.sim import Simulator
 
 from accumulus.compiler import mls
@@ -554,3 +555,73 @@ def test_hw_synthesises_with_exactly_the_declared_registers(family):
                 assert res.ok, res.error
                 assert res.total["ff"] == ffs, (fmt.name, type(spec).__name__, res.total)
                 assert res.total["lut"] > 0
+
+
+@pytest.mark.parametrize("fmt", [FORMAT_1M2E, FORMAT_4M2E, MLSFormat(2, 3, 3, 1), MLSFormat(3, 1, 2, 3)],
+                         ids=lambda f: f.name)
+def test_hw_encoder_matches_integer_quantizer(fmt):
+    """hw/mls_top.py's group-exponent unit and element encoder (Amaranth simulator) against
+    compiler/mls.quantize_int on random integer frames, including all-zero groups, groups that
+    round to zero, small frames and the frame maximum itself."""
+    from accumulus.compiler.mls import _groups
+    from accumulus.hw.mls_top import MLSElementEncoder, MLSGroupExponent
+
+    width = 12
+    rng = np.random.default_rng(11)
+    frames = []
+    for t in range(40):
+        c = int(rng.integers(1, 3 * fmt.group_size + 1))
+        bits = int(rng.integers(1, width + 1))
+        x = rng.integers(-(1 << bits) + 1, 1 << bits, (1, c, 2))
+        x = np.where(rng.random(x.shape) < 0.4, x >> rng.integers(0, bits + 1, x.shape), x)
+        if t % 7 == 0:
+            x[0, :fmt.group_size] = 0
+        frames.append(x)
+    # directed: a group maximum exactly at the round-to-zero tie (gmax * 2^(g+2^E) == S: zero,
+    # the whole group's code 0) and just above it
+    k = fmt.max_group_exponent + fmt.max_exponent + 1
+    for v in (1, 3):
+        for extra in (0, 1):
+            x = np.zeros((1, 2 * fmt.group_size, 2), np.int64)
+            x[0, 0, 0] = v << k
+            x[0, fmt.group_size, 1] = -(v + extra)
+            frames.append(x)
+    cases_g, cases_e = [], []
+    for x in frames:
+        codes = mls.quantize_int(x, fmt)
+        s = codes.tensor_scale
+        a = np.abs(x)
+        gm = _groups(a, fmt.group_size).max(axis=2)[0]
+        for j, gmax in enumerate(gm):
+            cases_g.append((int(gmax), s, int(codes.group_exponent[0, j])))
+        # the exponent the elements were coded with: g before the all-zero-group fix (any g
+        # codes an all-zero group's elements to zero)
+        for idx in np.ndindex(x.shape):
+            cases_e.append((int(a[idx]), int(x[idx] < 0), s, int(gm[idx[1] // fmt.group_size]),
+                            tuple(int(getattr(codes, k)[idx]) for k in ("sign", "exponent", "mantissa", "zero"))))
+    gu, eu = MLSGroupExponent(fmt, width), MLSElementEncoder(fmt, width)
+    top = Module()
+    top.submodules.gu, top.submodules.eu = gu, eu
+    bad = []
+
+    async def tb(ctx):
+        for gmax, s, want in cases_g:
+            ctx.set(gu.gmax, gmax)
+            ctx.set(gu.s, s)
+            if ctx.get(gu.g_code) != want:
+                bad.append(("g", gmax, s, want, ctx.get(gu.g_code)))
+        for a, neg, s, gmax, want in cases_e:
+            ctx.set(gu.gmax, gmax)
+            ctx.set(gu.s, s)
+            ctx.set(eu.a, a)
+            ctx.set(eu.neg, neg)
+            ctx.set(eu.s, s)
+            ctx.set(eu.g, ctx.get(gu.g))
+            got = (ctx.get(eu.sign), ctx.get(eu.exp), ctx.get(eu.man), ctx.get(eu.zero))
+            if got != want:
+                bad.append(("e", a, neg, s, gmax, want, got))
+
+    sim = Simulator(top)
+    sim.add_testbench(tb)
+    sim.run()
+    assert len(cases_e) > 200 and not bad, bad[:5]
