@@ -345,41 +345,87 @@ def onnx_output(plan, env):
 
 
 # -- MLS plans (compiler/frontend/mls_load.py, docs/mls.md) --------------------------------
+def mls_input_codes(plan, x: np.ndarray) -> np.ndarray:
+    """The graph input's integer codes: ``clip(rint(x / scale))`` in float32 (the one float step)."""
+    spec = plan.doc["input"]
+    x = np.asarray(x, dtype=np.float32)
+    want = tuple(spec["shape"])
+    if x.shape[1:] != want:
+        raise UserError(f"input has shape {x.shape}, the MLS model expects (B, {', '.join(map(str, want))})")
+    lo = -(1 << (spec["bits"] - 1)) if spec["signed"] else 0
+    hi = (1 << (spec["bits"] - 1)) - 1 if spec["signed"] else (1 << spec["bits"]) - 1
+    return np.clip(np.rint(x / np.float32(spec["scale"])), lo, hi).astype(np.int64)
+
+
+def _rne_shift(v, r: int):
+    """``v / 2^r`` rounded half to even, for an object array of Python ints."""
+    if r == 0:
+        return v
+    half, mask = 1 << (r - 1), (1 << r) - 1
+
+    def one(t):
+        q, rem = t >> r, t & mask
+        return q + (1 if rem > half or (rem == half and q & 1) else 0)
+
+    return np.frompyfunc(one, 1, 1)(v)
+
+
+def mls_requant(layer: dict, acc: np.ndarray, frame_max: np.ndarray) -> np.ndarray:
+    """``Y = relu(rne(T * S * A_c, r) + B_c)`` (int64): ``acc`` the dot accumulators
+    (B, N[, OH, OW]), ``frame_max`` the per-sample input tensor scale ``S`` (B,)."""
+    rq = layer["requant"]
+    shape = (1, -1) + (1,) * (acc.ndim - 2)
+    a = np.asarray([int(v) for v in rq["A"]], dtype=object).reshape(shape)
+    b = np.asarray([int(v) for v in rq["B"]], dtype=object).reshape(shape)
+    s = np.asarray([int(v) for v in frame_max], dtype=object).reshape((-1,) + (1,) * (acc.ndim - 1))
+    y = _rne_shift(acc.astype(object) * s * a, int(rq["shift"])) + b
+    if rq["relu"]:
+        y = np.maximum(y, 0)
+    lim = 1 << (int(rq["out_bits"]) - 1)
+    y = y.astype(np.int64)
+    if y.size and (y.min() < -lim or y.max() >= lim):
+        raise AssertionError(f"MLS layer '{layer['name']}': an output left its {rq['out_bits']}-bit range")
+    return y
+
+
 def run_mls(plan, x: np.ndarray) -> dict[str, np.ndarray]:
     """Run an :class:`~accumulus.compiler.frontend.mls_load.MLSPlan` on float inputs (ONNX
-    layout). Each MLS layer quantizes its input per sample (compiler/mls.py), computes the
-    integer-only MLS dot products (:func:`~accumulus.compiler.mls.mls_conv2d`, accumulators
-    checked against their widths) and requantizes once per output:
-    ``y = T · 2^-shift · S_w · S_x · a_c + b_c`` (ReLU if fused), in float64 from the exact
-    integer ``T``, then float32 (the activations' dtype). Returns every tensor by name, and
-    ``<layer>.acc`` (the integer dot accumulators, (B, N[, OH, OW])).
+    layout), integers only after the input quantizer (docs/mls.md, "Integer semantics").
+
+    The graph input becomes its integer codes (:func:`mls_input_codes`); each MLS layer
+    quantizes its integer input per sample with integer comparisons
+    (:func:`~accumulus.compiler.mls.quantize_int`, tensor scale ``S = max|X|``), computes the
+    integer MLS dot products (:func:`~accumulus.compiler.mls.mls_conv2d`, accumulators
+    checked against their widths) and requantizes to the next fixed-point tensor
+    (:func:`mls_requant`); max-pooling and flatten act on the integers. Returns, per tensor
+    name, its value ``X * sigma`` as float32 and ``<name>.int`` (the integers), and per MLS
+    layer ``<layer>.acc`` (dot accumulators) and ``<layer>.frame_max`` (``S`` per sample).
     """
     from . import mls as _mls
 
-    x = np.asarray(x, dtype=np.float32)
-    want = tuple(plan.doc["input"]["shape"])
-    if x.shape[1:] != want:
-        raise UserError(f"input has shape {x.shape}, the MLS model expects (B, {', '.join(map(str, want))})")
-    env = {plan.doc["input"]["name"]: x}
+    xi = mls_input_codes(plan, x)
+    tensors = plan.doc["tensors"]
+    ints = {plan.doc["input"]["name"]: xi}
+    env = {}
     for layer in plan.layers:
-        a = env[layer["input"]]
+        a = ints[layer["input"]]
         if layer["kind"] == "flatten":
-            env[layer["output"]] = a.reshape(a.shape[0], -1)
+            ints[layer["output"]] = a.reshape(a.shape[0], -1)
             continue
         if layer["kind"] == "maxpool":
             (kh, kw), (sh, sw) = layer["kernel"], layer["stride"]
             b, c, h, w = a.shape
             oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
             win = np.stack([a[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] for i in range(kh) for j in range(kw)])
-            env[layer["output"]] = win.max(axis=0)
+            ints[layer["output"]] = win.max(axis=0)
             continue
-        fmt = plan.format(layer)
         wc = plan.weight_codes(layer)
+        fmt = plan.format(layer)
         if layer["kind"] == "mls_matvec" and a.ndim == 2 and len(wc.shape) != 2:
             raise UserError(f"MLS layer '{layer['name']}': weight {wc.shape} needs an unflattened input")
-        accs, scales = [], []
+        accs, smax = [], []
         for i in range(a.shape[0]):            # one tensor scale per sample
-            xc = _mls.quantize(a[i:i + 1], fmt)
+            xc = _mls.quantize_int(a[i:i + 1], fmt)
             if layer["kind"] == "mls_conv":
                 r = _mls.mls_conv2d(wc, xc, stride=layer["stride"], padding=layer["padding"])
             elif len(wc.shape) == 2:
@@ -388,16 +434,12 @@ def run_mls(plan, x: np.ndarray) -> dict[str, np.ndarray]:
                 r = _mls.mls_conv2d(wc, xc)
                 r.acc = r.acc.reshape(1, -1)
             accs.append(r.acc[0])
-            scales.append(xc.tensor_scale)
+            smax.append(xc.tensor_scale)
         acc = np.stack(accs)
         env[layer["name"] + ".acc"] = acc
-        k = np.asarray(scales, np.float64) * (2.0 ** -r.output_shift) * wc.tensor_scale
-        y = acc.astype(np.float64) * k.reshape((-1,) + (1,) * (acc.ndim - 1))
-        rq = layer["requant"]
-        if rq["mult"] is not None:
-            shape = (1, -1) + (1,) * (acc.ndim - 2)
-            y = y * np.asarray(rq["mult"]).reshape(shape) + np.asarray(rq["bias"]).reshape(shape)
-        if rq["relu"]:
-            y = np.maximum(y, 0.0)
-        env[layer["output"]] = y.astype(np.float32)
+        env[layer["name"] + ".frame_max"] = np.asarray(smax, np.int64)
+        ints[layer["output"]] = mls_requant(layer, acc, smax)
+    for name, v in ints.items():
+        env[name + ".int"] = v
+        env[name] = (v.astype(np.float64) * tensors[name]["scale"]).astype(np.float32)
     return env

@@ -60,7 +60,8 @@ from accumulus.errors import UserError
 
 from .accumulators import ceil_log2
 
-__all__ = ["MLSFormat", "MLSCodes", "MLSDotResult", "quantize", "dequantize", "dequantize_exact",
+__all__ = ["MLSFormat", "MLSCodes", "MLSDotResult", "quantize", "quantize_int", "fake_quantize", "dequantize",
+           "dequantize_exact",
            "group_shape", "element_integers", "mls_product", "mls_conv2d", "mls_linear",
            "worst_case_codes", "DEFAULT_FORMAT", "FORMAT_1M2E", "FORMAT_4M2E"]
 
@@ -246,7 +247,10 @@ class MLSCodes:
         if np.any(self.sign[z] | self.exponent[z] | self.mantissa[z]):
             raise ValueError(f"{what}: a zero element (zero flag 1) must have sign, exponent and mantissa 0")
         s = self.tensor_scale
-        if not (np.isfinite(s) and s > 0 and float(np.float32(s)) == s):
+        if isinstance(s, (int, np.integer)) and not isinstance(s, bool):
+            if s <= 0:       # an integer frame maximum (quantize_int)
+                raise ValueError(f"{what}: an integer tensor_scale must be positive, got {s}")
+        elif not (np.isfinite(s) and s > 0 and float(np.float32(s)) == s):
             raise ValueError(f"{what}: tensor_scale must be a positive finite float32 value, got {s!r}")
         return self
 
@@ -301,6 +305,96 @@ def quantize(x, fmt: MLSFormat = DEFAULT_FORMAT, rounding: str = "nearest", rng=
         gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         uniform = gen.random(q.shape)
     return _quantize_relative(q, np.signbit(x32), s_t, fmt, uniform)
+
+
+def fake_quantize(x, fmt: MLSFormat = DEFAULT_FORMAT, per_sample: bool = False) -> np.ndarray:
+    """``dequantize(quantize(x))`` as float32, nearest rounding: the meaning of the ONNX op
+    ``accumulus.MLSQuant`` (docs/mls.md). ``per_sample`` quantizes each index of axis 0 alone
+    (one tensor scale per sample, as activations are)."""
+    x32 = np.asarray(x, dtype=np.float32)
+    if not per_sample:
+        return dequantize(quantize(x32, fmt)).astype(np.float32)
+    return np.concatenate([dequantize(quantize(x32[i:i + 1], fmt)) for i in range(x32.shape[0])]
+                          ).astype(np.float32).reshape(x32.shape)
+
+
+def _bit_length(a: np.ndarray) -> np.ndarray:
+    """Bit length of non-negative int64 values (0 for 0), exactly (leading-one detection)."""
+    a = np.asarray(a, np.int64)
+    n = np.zeros(a.shape, np.int64)
+    v = a.copy()
+    for k in (32, 16, 8, 4, 2, 1):
+        big = v >= (np.int64(1) << k)
+        n = np.where(big, n + k, n)
+        v = np.where(big, v >> k, v)
+    return n + (v > 0)
+
+
+def quantize_int(x, fmt: MLSFormat = DEFAULT_FORMAT) -> MLSCodes:
+    """Dynamic MLS quantization of an *integer* tensor, with integer operations only.
+
+    The tensor scale is the integer ``S = max|x|`` (1 for an all-zero tensor); every decision
+    of :func:`quantize` (nearest rounding) becomes a comparison of shifted integers:
+
+    * group exponent ``g``: the smallest ``k >= 0`` with ``gmax * 2^k >= S`` (so the group
+      maximum relative to ``S * 2^-g`` lies in ``[1, 2)``), clipped to ``2^Eg - 1``, minus one
+      when the group maximum rounds up to 2;
+    * element exponent ``e``: the smallest ``k`` with ``|x| * 2^(g+k) >= S``; above
+      ``2^E - 1`` the element is the smallest element when ``|x| * 2^(g + 2^E) > S`` and 0
+      otherwise (a tie goes to 0);
+    * mantissa ``m``: ``N = |x| * 2^(g+e+M) - S * 2^M`` divided by ``S``, rounded half to even
+      on the remainder (``2r > S``, or ``2r == S`` and the quotient odd); ``m = 2^M`` carries
+      into ``e - 1``.
+
+    The result equals :func:`quantize` of ``x * c`` for any power of two ``c`` (tensor scale
+    ``S * c``; tests/test_mls.py): the float quotient of two such values cannot cross a
+    rounding boundary.
+    The codes' ``tensor_scale`` is the Python int ``S``.
+    """
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.integer):
+        raise TypeError(f"quantize_int takes an integer tensor, got dtype {x.dtype}")
+    x = x.astype(np.int64)
+    group_shape(x.shape, fmt.group_size)
+    a = np.abs(x)
+    s = int(a.max()) if a.size else 0
+    s = s or 1
+    M, emax, gmax_code = fmt.mantissa_bits, fmt.max_exponent, fmt.max_group_exponent
+    if s.bit_length() + gmax_code + emax + M + 3 > 62:
+        raise ValueError(f"quantize_int: max|x| = {s} is too wide for int64 comparisons in {fmt.name}")
+    S = np.int64(s)
+    gm = _groups(a, fmt.group_size).max(axis=2)
+    # smallest k >= 0 with gm * 2^k >= S
+    k = np.maximum(_bit_length(S) - _bit_length(np.maximum(gm, 1)), 0)
+    k = np.where(np.left_shift(np.maximum(gm, 1), k) >= S, k, k + 1)
+    g = np.where(gm > 0, np.minimum(k, gmax_code), 0)
+    # the group maximum rounds up to 2: y_top * 2^(M+1) >= 2^(M+2) - 1 (a tie rounds to the even 2^M)
+    over = (gm > 0) & (g > 0) & (np.left_shift(gm, g + M + 1) >= S * ((1 << (M + 2)) - 1))
+    g = np.where(over, g - 1, g)
+    gb = _broadcast_groups(g, a.shape, fmt.group_size)
+    ag = np.left_shift(a, gb)                                        # |x| * 2^g
+    pos = a > 0
+    e = np.full(a.shape, emax + 1, np.int64)
+    for kk in range(emax, -1, -1):                                   # smallest kk with ag * 2^kk >= S
+        e = np.where(np.left_shift(ag, kk) >= S, kk, e)
+    normal = pos & (e <= emax)
+    under = pos & ~normal & (np.left_shift(ag, emax + 1) > S)
+    ee = np.where(normal, e, 0)
+    num = np.left_shift(ag, ee + M) - (S << M)
+    q, r = np.divmod(np.where(normal, num, 0), S)
+    up = (2 * r > S) | ((2 * r == S) & (q % 2 == 1))
+    m = q + up
+    carry = normal & (m == (1 << M))
+    ee = np.where(carry, ee - 1, ee)
+    m = np.where(carry, 0, m)
+    if np.any(ee < 0):
+        raise AssertionError("MLS integer rounding left the element range (group scale rule broken)")
+    e = np.where(normal, ee, np.where(under, emax, 0)).astype(np.int64)
+    m = np.where(normal, m, 0).astype(np.int64)
+    z = (~(normal | under)).astype(np.int64)
+    sign = np.where(z.astype(bool), 0, (x < 0).astype(np.int64))
+    g = np.where(_groups(1 - z, fmt.group_size).max(axis=2) > 0, g, 0)
+    return MLSCodes(sign, e, m, z, g.astype(np.int64), s, fmt)
 
 
 def _quantize_relative(q, negative, s_t, fmt: MLSFormat, uniform) -> MLSCodes:

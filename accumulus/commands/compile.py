@@ -122,6 +122,8 @@ def run(args) -> int:
     from accumulus.paths import check_binds, output_dir
 
     output_dir(args.out, "--out", create=False)  # nothing is written unless the plan verifies
+    if _is_mls(args.model):
+        return run_mls(args)
     for option, value in (("--target-fps", args.target_fps), ("--clock-mhz", args.clock_mhz)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise UserError(f"{option} {value}: must be a positive number")
@@ -141,4 +143,66 @@ def run(args) -> int:
     if not args.quiet:
         print(width_table(plan))
     print(f"wrote {json_path} and {npz_path}")
+    return 0
+
+
+# -- MLS models (accumulus.MLSQuant nodes, docs/mls.md) -------------------------------------
+def _is_mls(model) -> bool:
+    from pathlib import Path
+
+    from accumulus.compiler.frontend.mls_load import is_mls_model
+
+    try:
+        return Path(model).is_file() and is_mls_model(model)
+    except Exception:          # unreadable files get compile_model's one-line error
+        return False
+
+
+def run_mls(args) -> int:
+    """Lower an MLS graph to the MLS plan, check its golden model against onnx.reference."""
+    import sys
+    import time
+    from pathlib import Path
+
+    from accumulus.compiler.frontend.mls_load import cost_estimate, lower_mls, verify_mls
+    from accumulus.errors import UserError
+    from accumulus.paths import load_array
+
+    ignored = [o for o, v in (("--target-fps", args.target_fps), ("--clock-mhz", args.clock_mhz),
+                              ("--max-pes", args.max_pes), ("--board", args.board), ("--input-type", args.input_type))
+               if v is not None] + (["--bind"] if args.bind else []) + (["--engine"] if args.engine != "auto" else [])
+    if ignored:
+        print(f"accumulus compile: warning: {', '.join(ignored)} do not apply to MLS models (one G-lane MLS "
+              "engine per layer); ignored", file=sys.stderr)
+    plan = lower_mls(args.model)
+    if args.no_verify:
+        print("accumulus compile: warning: --no-verify: the golden model was not checked against a reference "
+              "executor", file=sys.stderr)
+        plan.doc["verification"] = {"skipped": True, "reason": "--no-verify"}
+    else:
+        if args.calib_size < 0:
+            raise UserError(f"--calib-size {args.calib_size}: must be >= 0")
+        x = load_array(args.calib, "--calib") if args.calib else None
+        if args.calib_size == 0 and x is None:
+            raise UserError("--calib-size 0 without --calib leaves nothing to verify on; use --no-verify to skip")
+        t0 = time.perf_counter()
+        ver = verify_mls(plan, args.model, x, args.calib_size)
+        ver["calib"] = args.calib
+        ver["seconds"] = round(time.perf_counter() - t0, 2)
+        if not ver["ok"]:
+            raise UserError(f"{args.model}: the MLS golden model disagrees with {ver['reference']} beyond ties on "
+                            f"{len(ver['bad_samples'])} of {ver['samples']} inputs; first: {ver['first_failure']}. "
+                            "No plan written. Please report it with the model; --no-verify writes the plan anyway")
+        ties = f", {len(ver['tie_samples'])} with ties" if ver["tie_samples"] else ""
+        print(f"verified: MLS golden model == onnx.reference on {ver['samples']} inputs{ties} "
+              f"({ver['seconds']} s)")
+        plan.doc["verification"] = ver
+    json_path = plan.save(Path(args.out))
+    if not args.quiet:
+        print(f"{'layer':<12} {'kind':<11} {'format':<12} {'dot':>5} {'group acc':>9} {'dot acc':>7} "
+              f"{'act':>4} {'cycles':>7}")
+        for r in cost_estimate(plan):
+            print(f"{r['layer']:<12} {r['kind']:<11} {r['format']:<12} {r['dot_length']:>5} "
+                  f"{r['group_acc_bits']:>9} {r['dot_acc_bits']:>7} {r['act_bits']:>4} {r['cycles']:>7}")
+    print(f"wrote {json_path} and {json_path.with_suffix('.npz')} (MLS plan)")
     return 0

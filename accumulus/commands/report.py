@@ -43,6 +43,10 @@ def run(args) -> int:
 
     board = load_board(args.board)
     project = Path(args.project)
+    from accumulus.compiler.frontend.mls_load import is_mls_plan
+
+    if not args.synthetic_preset and is_mls_plan(project):
+        return run_mls(args, project, board)
     if args.jobs is not None and args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     note = None
@@ -79,4 +83,37 @@ def run(args) -> int:
         if p.get("pnr"):
             print(f"{pol:>12} PnR: fits {'yes' if p['pnr']['fits'] else 'no'}, Fmax {p['pnr']['fmax_mhz']} MHz")
     print(f"report: {rep / 'report.md'}")
+    return 0
+
+
+def run_mls(args, project, board) -> int:
+    """An MLS plan: the plan's cost estimate per layer (compiler/frontend/mls_load.cost_estimate)."""
+    import json
+    from pathlib import Path
+
+    from accumulus.compiler.frontend.mls_load import MLSPlan, cost_estimate
+    from accumulus.paths import output_dir
+
+    plan = MLSPlan.load(project)
+    out = output_dir(args.out or project, "--out" if args.out else "DIR", children=("reports",))
+    rows = cost_estimate(plan)
+    lines = [f"# accumulus report: MLS plan {project / 'plan.json'}", "",
+             f"Board {board.id}. MLS plans get the plan's estimate only: synthesis, place and route and the "
+             "accumulator policies apply to integer plans (docs/mls.md).", "",
+             "| layer | kind | format | outputs x pixels | dot length | MACs | group acc | dot acc | act bits | "
+             "lanes | cycles |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['layer']} | {r['kind']} | {r['format']} | {r['outputs']} x {r['pixels']} | "
+                     f"{r['dot_length']} | {r['macs']} | {r['group_acc_bits']} | {r['dot_acc_bits']} | "
+                     f"{r['act_bits']} | {r['lanes']} | {r['cycles']} |")
+    total = sum(r["cycles"] for r in rows)
+    slowest = max((r["cycles"] for r in rows), default=0)
+    lines += ["", f"Cycles per frame (slowest layer, dataflow): {slowest}; all layers in sequence: {total}."]
+    rep = Path(out) / "reports"
+    rep.mkdir(exist_ok=True)
+    (rep / "report.md").write_text("\n".join(lines) + "\n")
+    (rep / "report.json").write_text(json.dumps({"mls": True, "board": board.id, "layers": rows,
+                                                 "cycles_per_frame_estimate": slowest}, indent=1))
+    print("\n".join(lines[4:]))
+    print(f"report: {rep / 'report.md'} (MLS plan: estimate only)")
     return 0

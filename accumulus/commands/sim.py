@@ -50,6 +50,11 @@ def run(args) -> int:
     from accumulus.errors import UserError
     from accumulus.paths import load_array, load_plan, output_dir
 
+    from accumulus.compiler.frontend.mls_load import is_mls_plan
+
+    if is_mls_plan(args.dir):
+        raise UserError(f"{args.dir}/plan.json is an MLS plan: MLS hardware is not generated yet (docs/mls.md, "
+                        "'Not done yet'); 'accumulus report' gives its cost estimate")
     load_plan(args.dir)   # one clear line for a missing or unreadable project before cocotb starts
     if args.frames < 1:
         raise UserError(f"--frames must be >= 1, got {args.frames}")
