@@ -46,7 +46,9 @@ FF_TERMS = ("ff_per_acc_bit", "ff_per_lane_bit", "ff_per_buffer_bit", "ff_per_ro
 ROM_LIMITS_BY_FAMILY = {
     "ice40": {"rom_logic_max_bits": 1023, "rom_min_depth": 64},
     "ecp5": {"rom_logic_max_bits": 2048, "rom_min_depth": 64},
-    "xc7": {"rom_logic_max_bits": 2048, "rom_min_depth": 64},   # not calibrated yet
+    # Xilinx 7: ROMs of up to 4 kbit per PE stayed in LUTs (the calibration engines), 16 kbit
+    # ones (digits-mlp hidden layers at PE=1) went to RAMB18
+    "xc7": {"rom_logic_max_bits": 4096, "rom_min_depth": 64},
 }
 ROM_LIMITS = ROM_LIMITS_BY_FAMILY["ice40"]
 
