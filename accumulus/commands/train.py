@@ -10,6 +10,8 @@ EXAMPLES = """
   accumulus train --preset mnist-tfc --acc-bits 16 --epochs 15 --out build/tfc16
   accumulus train --model cnn --dataset my_data.npz --quant int --out build/mine   # .npz with x, y
   accumulus train --preset digits-mlp --epochs 20 --resume --out build/digits    # continue training
+  accumulus train --preset digits-mlp --quant wrpn --weight-bits 4 --act-bits 4 --width-mult 2 \
+                  --out build/wrpn2x4                           # WRPN: 2x wider, 4-bit, edges at 8 bits
 """
 
 
@@ -27,7 +29,8 @@ def add_arguments(p):
     g.add_argument("--preset", help="digits-mlp | mnist-tfc | digits-cnn | digits-rescnn (other options override it)")
     g.add_argument("--model", help="mlp | cnn | resnet (default mlp)")
     g.add_argument("--dataset", help="digits | mnist5k | PATH.npz with arrays x (N,[C,]H,W) and y (default digits)")
-    g.add_argument("--quant", help="float | int | a2q | a2q+ (default a2q+)")
+    g.add_argument("--quant", help="float | int | a2q | a2q+ | wrpn (default a2q+); wrpn: fixed-range WRPN quantizers "
+                   "(weights [-1,1], activations [0,1])")
     g.add_argument("--weight-bits", type=int, metavar="M", help="weight bits (default 4)")
     g.add_argument("--act-bits", type=int, metavar="N", help="hidden activation bits; the input width comes from the dataset (default 4)")
     g.add_argument("--acc-bits", type=int, metavar="P", help="target accumulator bits for a2q/a2q+ (default 12)")
@@ -35,6 +38,8 @@ def add_arguments(p):
     g.add_argument("--width-mult", type=float, metavar="F", help="scale every hidden width (WRPN), default 1")
     g.add_argument("--constrain-first", action="store_true", default=None,
                    help="apply A2Q/A2Q+ to the first layer too (default: plain integer QAT, sized exactly)")
+    g.add_argument("--edge-bits", type=int, metavar="B",
+                   help="wrpn: bits of the first layer's weights and of the last layer's weights and input (default 8)")
     g.add_argument("--highway-bits", type=int, metavar="B", help="resnet: bits of the residual stream after the Add (Precision Highway, e.g. 8)")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=None, help="epochs (default 10)")
@@ -54,7 +59,7 @@ def add_arguments(p):
 
 _MODEL_KEYS = {"model": "model", "dataset": "dataset", "quant": "quant", "weight_bits": "weight_bits",
                "act_bits": "act_bits", "acc_bits": "acc_bits", "hidden": "hidden", "width_mult": "width_mult",
-               "constrain_first": "constrain_first", "highway_bits": "highway_bits"}
+               "constrain_first": "constrain_first", "highway_bits": "highway_bits", "edge_bits": "edge_bits"}
 
 
 def _check_dataset_file(name: str) -> None:
