@@ -21,7 +21,10 @@ estimate in ``plan.json`` (``estimate.cost``: LUT, FF, BRAM bits from
 compiler's default folding target (1024 cycles per frame, no board budget), for the seed-0
 model: at equal throughput, LUT and FF say what width and precision cost. ``float`` points
 have no integer hardware (no quantizers, nothing to compile) and take no part in the
-Pareto front; they are the accuracy reference. No Yosys synthesis is run here.
+Pareto front; they are the accuracy reference. ``--yosys`` adds Yosys synthesis (iCE40,
+multipliers in LUTs, ``accumulus report --board icebreaker --policies exact --no-pnr``) of
+a subset of points, with the report's own per-family estimate beside it: the whole-design
+LUT/FF Yosys counts and the per-MAC-layer estimator error.
 
     .venv/bin/python -P benchmarks/wrpn_grid.py --work build/wrpn_grid
 """
@@ -35,6 +38,15 @@ import time
 from pathlib import Path
 
 MODELS = ("digits-mlp", "digits-cnn")
+# What was found on the way (seed 0, this grid), kept with the numbers.
+NOTES = [
+    "digits-cnn W=3 8-bit: 'accumulus compile' refused its plan: 1 of 49,152 codes of conv3's 8-bit output "
+    "(BatchNormalization then Quant, scale 1/255) differs from qonnx 1.0.0 (golden 200, qonnx 199). Recomputed in "
+    "float64 from qonnx's own quantized conv inputs, the value before rounding is 199.500033 codes, so the golden "
+    "code 200 is right; qonnx's float32 Conv+BatchNormalization gives 199.49990 (an error of 1.4e-4 codes, above "
+    "compiler/verify.py's absolute tie tolerance of 1e-4 codes). The point's plan was written with --no-verify; "
+    "its verification entry says so.",
+]
 WIDTHS = (1, 2, 3)
 BITS = (2, 4, 8, "float")
 
@@ -45,6 +57,27 @@ def _run(argv: list[str]) -> None:
     rc = main(argv)
     if rc != 0:
         raise SystemExit(f"command failed ({rc}): accumulus {' '.join(argv)}")
+
+
+def _compile(proj: Path) -> str | None:
+    """``accumulus compile``; when its golden-vs-qonnx check refuses the plan, the refusal's
+    message is kept and the plan is written with ``--no-verify`` (the point's cost is still
+    the compiler's; the JSON says which points were not verified and why)."""
+    import contextlib
+    import io
+
+    from accumulus.cli import main
+
+    argv = ["compile", str(proj / "model.onnx"), "--out", str(proj), "--quiet"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(argv)
+    if rc == 0:
+        return None
+    message = err.getvalue().strip()
+    print(message, file=sys.stderr)
+    _run(argv + ["--no-verify"])
+    return message
 
 
 def _train_argv(model, w, bits, seed, epochs, out):
@@ -76,27 +109,57 @@ def _point(work: Path, model: str, w: int, bits, seeds: int, epochs: int, log) -
                    hardware="none: a float model has no quantizers; accuracy reference only")
         return rec
     proj = work / model / f"{tag}-s0"
+    refusal_file = proj / "compile_refusal.txt"
     if not (proj / "plan.json").exists():
         t0 = time.perf_counter()
-        _run(["compile", str(proj / "model.onnx"), "--out", str(proj), "--quiet"])
+        refusal = _compile(proj)
+        if refusal is not None:
+            refusal_file.write_text(refusal + "\n")
         log(f"{model} {tag}: compiled in {time.perf_counter() - t0:.1f} s")
     plan = json.loads((proj / "plan.json").read_text())
     est = plan["estimate"]
     macs = [l for l in plan["layers"] if l["kind"] in ("matvec", "conv")]
     rec.update(
         lut=est["cost"]["lut"], ff=est["cost"]["ff"], bram_bits=est["cost"]["bram_bits"], dsp=est["cost"]["dsp"],
-        cycles_per_frame=est["cycles_per_frame"], mac_lanes=est["mac_lanes"], engine=est["engine"],
+        cycles_per_frame=est["cycles_per_frame"], bottleneck=est.get("bottleneck"), mac_lanes=est["mac_lanes"], engine=est["engine"],
         const_layers=est["const_layers"],
-        verification={k: plan["verification"][k] for k in ("reference", "samples", "ok",
-                                                            "samples_differing_beyond_ties", "output_top1")},
+        verification=({k: plan["verification"][k] for k in ("reference", "samples", "ok",
+                                                             "samples_differing_beyond_ties", "output_top1")}
+                      if not refusal_file.exists() else
+                      {"ok": False, "compile_refused": refusal_file.read_text().strip(),
+                       "plan": "written with --no-verify"}),
         layers=[{"name": l["name"], "fan_in": l["fan_in"], "channels": l["channels"],
                  "weight_bits": l["weight_type"]["bits"], "input_bits": l["input_type"]["bits"],
-                 "acc_bits": l["acc_type"]["bits"], "engine": l["engine"],
+                 "pe_acc_bits": l["folding"].get("pe_acc_bits"), "engine": l["engine"],
                  "pe": l["folding"].get("pe"), "simd": l["folding"].get("simd"),
                  "cycles_per_frame": l["cycles_per_frame"]} for l in macs],
         hardware="compiler estimate (plan.json estimate.cost, compiler/cost.py), seed-0 model",
     )
     return rec
+
+
+def _yosys(work: Path, model: str, w: int, bits, log) -> dict:
+    proj = work / model / f"W{w}-b{bits}-s0"
+    out = proj / "yosys"
+    rep = out / "reports" / "report.json"
+    if not rep.exists():
+        t0 = time.perf_counter()
+        _run(["report", str(proj), "--board", "icebreaker", "--policies", "exact", "--no-pnr", "-j", "1",
+              "--out", str(out)])
+        log(f"{model} W{w}-b{bits}: Yosys in {time.perf_counter() - t0:.1f} s")
+    doc = json.loads(rep.read_text())
+    pol = doc["policy"]["exact"]
+    syn = pol["synth"]["lut"]
+    est = pol["estimate"]
+    rows = doc["estimator"].get("exact", {})
+    return {"board": "icebreaker", "family": "ice40",
+            "yosys_lut": syn["total"]["lut"], "yosys_ff": syn["total"]["ff"], "yosys_carry": syn["total"].get("carry"),
+            "yosys_bram_bits": syn["total"].get("bram_bits"), "yosys_seconds": syn["seconds"],
+            "estimate_mac_layers_lut": round(sum(e["lut"] for e in est.values())),
+            "estimate_mac_layers_ff": round(sum(e["ff"] for e in est.values())),
+            "yosys_mac_layers_lut": sum(r["lut_yosys"] for r in rows.values()),
+            "yosys_mac_layers_ff": sum(r["ff_yosys"] for r in rows.values()),
+            "per_layer": rows, "yosys_version": doc["tools"].get("yosys")}
 
 
 def pareto(points: list[dict], keys=("lut",)) -> list[int]:
@@ -140,6 +203,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=3, help="training seeds per point (default 3)")
     ap.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--yosys", default="", metavar="M:W:B,..",
+                    help="points to synthesise with Yosys, e.g. digits-mlp:1:4,digits-mlp:2:4 (default none)")
     args = ap.parse_args(argv)
     work = Path(args.work)
     t_start = time.perf_counter()
@@ -180,6 +245,12 @@ def main(argv=None) -> int:
             },
         }
         log(f"{model}: done")
+    yosys = [tuple(t.split(":")) for t in args.yosys.split(",") if t]
+    for model, w, b in yosys:
+        if model not in results:
+            continue
+        p = next(p for p in results[model]["points"] if p["width_mult"] == int(w) and str(p["bits"]) == b)
+        p["yosys"] = _yosys(work, model, int(w), int(b), log)
 
     doc = {
         "benchmark": "wrpn_grid",
@@ -190,11 +261,15 @@ def main(argv=None) -> int:
                     "optimizer": "Adam lr 3e-3, cosine schedule, batch 32 (accumulus train defaults)",
                     "folding": "compiler default: target 1024 cycles per frame, no board budget, --engine auto",
                     "accuracy": "digits test split (20%, 359 images, stratified by seed), mean over seeds",
-                    "hardware": "plan.json estimate (compiler/cost.py), seed-0 model; no Yosys run"},
+                    "hardware": "plan.json estimate (compiler/cost.py), seed-0 model",
+                    "yosys_points": [":".join(t) for t in yosys],
+                    "yosys": "accumulus report WORK/P/W{W}-b{k}-s0 --board icebreaker --policies exact --no-pnr -j 1"
+                             " (LUT-multiplier variant; totals include the AXI-stream top and FIFOs)"},
         "commands": ["accumulus " + " ".join(_train_argv("P", "W", "k", "S", args.epochs, "WORK/P/W{W}-b{k}-s{S}")),
                      "accumulus " + " ".join(_train_argv("P", "W", "float", "S", args.epochs,
                                                          "WORK/P/W{W}-bfloat-s{S}")),
                      "accumulus compile WORK/P/W{W}-b{k}-s0/model.onnx --out WORK/P/W{W}-b{k}-s0 --quiet"],
+        "notes": NOTES,
         "versions": _versions(),
         "seconds": round(time.perf_counter() - t_start, 1),
         "results": results,
