@@ -13,6 +13,10 @@ Everything Brevitas-specific that :mod:`accumulus.quant.models` needs is built h
   ``weight_accumulator_bit_width``;
 * :func:`apply_ep_init`: Euclidean-projection init (A2Q+ paper). Without it a dense
   default init rounds every weight to zero at low P and training is dead (TOOLCHAIN.md).
+* ``wrpn``: Mishra et al., "WRPN: Wide Reduced-Precision Networks" (ICLR 2018), built from
+  Brevitas' own constant-scale fragments (those of ``SignedTernaryWeightPerTensorConst``):
+  :func:`wrpn_act_layer` and ``weight_quant_kwargs("wrpn", k)``, see :class:`WRPNWeight`
+  and :class:`WRPNAct` for the grids; :func:`wrpn_init` fills the fixed weight range.
 """
 from __future__ import annotations
 
@@ -25,10 +29,13 @@ import numpy as np  # noqa: E402
 import torch
 from torch import nn
 
+from brevitas.core.function_wrapper import InplaceTensorClampSte, TensorClamp
 from brevitas.core.scaling import AccumulatorAwareParameterPreScaling, ScalingImplType
 from brevitas.nn import QuantIdentity, QuantReLU
 from brevitas.nn.quant_layer import QuantWeightBiasInputOutputLayer
 from brevitas.quant import Int8WeightPerChannelFloat, Uint8ActPerTensorFixedPoint, Uint8ActPerTensorFloat
+from brevitas.quant.base import NarrowIntQuant, PerTensorConstScaling2bit, UintQuant
+from brevitas.quant.solver import ActQuantSolver, WeightQuantSolver
 from brevitas.quant.scaled_int import (
     Int8AccumulatorAwareWeightQuant,
     Int8AccumulatorAwareZeroCenterWeightQuant,
@@ -38,10 +45,11 @@ from .data import InputQuant
 
 __all__ = [
     "QUANT_MODES", "input_quant_layer", "act_quant_layer", "highway_quant_layer", "weight_quant_kwargs",
-    "project_l1_ball", "apply_ep_init", "is_a2q_layer",
+    "project_l1_ball", "apply_ep_init", "is_a2q_layer", "WRPNWeight", "WRPNAct", "wrpn_act_layer",
+    "wrpn_init",
 ]
 
-QUANT_MODES = ("float", "int", "a2q", "a2q+")
+QUANT_MODES = ("float", "int", "a2q", "a2q+", "wrpn")
 
 
 class _FixedScaleUintInput(Uint8ActPerTensorFloat):
@@ -62,7 +70,36 @@ class _A2QPlusWeight(Int8AccumulatorAwareZeroCenterWeightQuant):
     pass
 
 
-_WEIGHT_QUANT = {"int": _IntWeight, "a2q": _A2QWeight, "a2q+": _A2QPlusWeight}
+class WRPNWeight(NarrowIntQuant, PerTensorConstScaling2bit, WeightQuantSolver):
+    """WRPN weights: clipped to [-1, 1], sign plus ``k-1`` magnitude bits, straight-through.
+
+    ``w_q = round((2^(k-1)-1)·w) / (2^(k-1)-1)``: a narrow-range signed ``k``-bit integer
+    grid ``-(2^(k-1)-1) .. 2^(k-1)-1`` (``2^k - 1`` levels; ternary at ``k = 2``) with the
+    *fixed* per-tensor scale ``1/(2^(k-1)-1)`` (Brevitas' constant scale divided by its
+    narrow-range integer scale). Rounding and the clip both pass the gradient straight
+    through (``InplaceTensorClampSte``, as Brevitas' ternary weight quantizer does), so a
+    latent weight pushed past ±1 can come back.
+    """
+
+    tensor_clamp_impl = InplaceTensorClampSte
+    scaling_const = 1.0
+
+
+class WRPNAct(UintQuant, PerTensorConstScaling2bit, ActQuantSolver):
+    """WRPN activations: clipped to [0, 1] and rounded to ``2^k - 1`` equal steps.
+
+    ``a_q = round((2^k-1)·clip(a, 0, 1)) / (2^k-1)``: unsigned ``k``-bit codes
+    ``0 .. 2^k-1``, i.e. ``2^k`` levels (the issue's "2^k - 1" counts the steps), fixed
+    scale ``1/(2^k-1)``. Rounding is straight-through; the clip is a real clip (gradient 0
+    where the rounded code falls outside the range), WRPN's and DoReFa's bounded ReLU.
+    """
+
+    tensor_clamp_impl = TensorClamp
+    min_val = 0.0
+    max_val = 1.0
+
+
+_WEIGHT_QUANT = {"int": _IntWeight, "a2q": _A2QWeight, "a2q+": _A2QPlusWeight, "wrpn": WRPNWeight}
 
 
 def input_quant_layer(iq: InputQuant) -> nn.Module:
@@ -96,6 +133,44 @@ def highway_quant_layer(bits: int, relu: bool = True) -> nn.Module:
     """
     cls = QuantReLU if relu else QuantIdentity
     return cls(act_quant=Uint8ActPerTensorFixedPoint, bit_width=bits, return_quant_tensor=True)
+
+
+def wrpn_act_layer(bits: int, relu: bool = True) -> nn.Module:
+    """WRPN activation quantizer (:class:`WRPNAct`) of ``bits`` bits.
+
+    ``relu=True`` gives a ``QuantReLU`` (the export folds the ReLU into the unsigned Quant
+    node, whose clip at 0 it duplicates); ``relu=False`` an unsigned ``QuantIdentity``.
+    """
+    cls = QuantReLU if relu else QuantIdentity
+    return cls(act_quant=WRPNAct, bit_width=bits, return_quant_tensor=True)
+
+
+# Where the init's largest weight must reach, in weight steps: past the first rounding
+# threshold (half a step), so that some weights of every layer start nonzero, and no
+# further: a draw filling the whole range [-1, 1] drives the fixed [0, 1] activations
+# into saturation. Measured (seed 0; digits-mlp 10 epochs, digits-cnn 5): digits-mlp 2-bit
+# 95.3% here, 82.2% filling [-1, 1], 10.0% (dead) at 0.5 steps; digits-mlp 4-bit 95.8%
+# against 85.5%; digits-cnn 4-bit 95.3% against 82.2%.
+WRPN_INIT_PEAK_STEPS = 0.6
+
+
+@torch.no_grad()
+def wrpn_init(layer: nn.Module, bits: int) -> None:
+    """Widen a fresh layer's default init just enough to survive WRPN's fixed weight grid.
+
+    PyTorch's default init draws from ``±1/sqrt(fan_in)`` (0.125 at fan-in 64, 0.072 at
+    192); WRPN's weight step is fixed at ``1/(2^(k-1)-1)`` (1 at ``k = 2``, 1/3 at 3,
+    1/7 at 4), so at low ``k`` every weight would round to zero and training would start
+    dead. The draw is scaled up (never down) so that its largest magnitude is at least
+    ``WRPN_INIT_PEAK_STEPS`` steps, keeping the shape of the default distribution; at 4 bits
+    and above with fan-in <= 64 it is left as it is.
+    """
+    step = 1.0 / (2 ** (bits - 1) - 1)
+    w = layer.weight
+    top = float(w.detach().abs().max())
+    want = WRPN_INIT_PEAK_STEPS * step
+    if 0 < top < want:
+        w.mul_(want / top)
 
 
 def weight_quant_kwargs(quant: str, weight_bits: int, acc_bits: int | None) -> dict:

@@ -17,7 +17,18 @@ Choices that keep the exported QONNX graph simple for the compiler:
   first (A2Q's own recipe; a first layer over 784 8-bit pixels has an L1 budget of 16 at
   P=12 and training collapses, TOOLCHAIN.md); the first layer is per-channel integer
   QAT unless ``constrain_first``. Every A2Q layer's input is a QuantTensor.
-* ``width_mult`` scales every hidden width (WRPN: wider, lower-precision networks).
+* ``width_mult`` scales every hidden width (WRPN: wider, lower-precision networks); the
+  graph input and the class count, hence the first layer's fan-in and the last layer's
+  fan-out, keep their sizes.
+* ``quant="wrpn"`` (Mishra et al., "WRPN", ICLR 2018): fixed-range quantizers, weights in
+  [-1, 1] with ``weight_bits`` (sign + magnitude, narrow range), hidden activations in
+  [0, 1] with ``act_bits`` (:mod:`brevitas_config`). As in WRPN, the first and last layers
+  are kept at higher precision, ``edge_bits`` (default 8); a layer's precision is that of
+  its two multiplier operands, so ``edge_bits`` sets **the first layer's weights** (its
+  input is the dataset's fixed input code, unchanged) and **the last layer's weights and
+  its input activation** (the output quantizer of the last hidden layer). The first
+  layer's output feeds a reduced-precision layer and stays at ``act_bits``; the logits
+  stay the last layer's unquantized result.
 * Residual CNN: ``res_blocks`` residual Adds, each around one conv,
   ``x + relu_q(bn(conv(x)))``; both inputs are quantized tensors and the sum is
   requantized by an unsigned ``QuantIdentity``. ``highway_bits`` H chooses the width of
@@ -76,6 +87,7 @@ class ModelConfig:
     res_blocks: int = 1               # resnet only: residual blocks (one conv each)
     layer_weight_bits: tuple[int, ...] | None = None   # per weight layer, forward order
     layer_act_bits: tuple[int, ...] | None = None      # per activation quantizer, forward order
+    edge_bits: int | None = None      # wrpn only: first/last layer precision (default 8)
     input_bits: int = 5               # from the dataset's input quantizer
     input_scale: float = 1.0 / 16.0
     in_shape: tuple[int, ...] = (1, 8, 8)
@@ -195,6 +207,11 @@ def make_config(dataset_shape: tuple[int, ...] | None = None, num_classes: int |
         kw["acc_bits"] = None
     if model == "resnet" and kw.get("highway_bits") is None:
         kw["highway_bits"] = DEFAULT_HIGHWAY_BITS
+    if quant == "wrpn":
+        kw["edge_bits"] = kw.get("edge_bits") or WRPN_EDGE_BITS
+    elif kw.get("edge_bits") is not None:
+        raise UserError(f"--edge-bits sets the first and last layers of --quant wrpn; got --quant {quant}: "
+                        "drop --edge-bits or use --quant wrpn")
     cfg = ModelConfig(**kw)
     validate(cfg)
     return cfg
@@ -238,6 +255,8 @@ def validate(cfg: ModelConfig) -> None:
         raise UserError(f"model '{cfg.model}' pools twice by 2; input {cfg.in_shape} is too small")
     if not cfg.width_mult > 0:
         raise UserError(f"--width-mult must be > 0, got {cfg.width_mult}")
+    if cfg.quant == "wrpn" and not (cfg.edge_bits is not None and 2 <= cfg.edge_bits <= 16):
+        raise UserError(f"--edge-bits must be 2..16, got {cfg.edge_bits}")
     if cfg.quant in ("a2q", "a2q+"):
         if cfg.acc_bits is None or not 2 <= cfg.acc_bits <= 64:
             raise UserError(f"--quant {cfg.quant} needs --acc-bits P in 2..64, got {cfg.acc_bits}")
@@ -278,12 +297,14 @@ def _layer_quant(cfg: ModelConfig, first: bool) -> str:
     return cfg.quant
 
 
-def _linear(cfg: ModelConfig, fan_in: int, fan_out: int, first: bool, index: int) -> nn.Module:
+def _linear(cfg: ModelConfig, fan_in: int, fan_out: int, first: bool, index: int, last: bool = False) -> nn.Module:
     q = _layer_quant(cfg, first)
     if q == "float":
         return nn.Linear(fan_in, fan_out, bias=False)
     from brevitas.nn import QuantLinear
 
+    if q == "wrpn":
+        return _wrpn_layer(QuantLinear(fan_in, fan_out, bias=False, **_wrpn_weight_kwargs(cfg, first, last, index)))
     return QuantLinear(fan_in, fan_out, bias=False,
                        **bc.weight_quant_kwargs(q, cfg.layer_weight_width(index), cfg.acc_bits))
 
@@ -294,13 +315,44 @@ def _conv(cfg: ModelConfig, cin: int, cout: int, first: bool, index: int) -> nn.
         return nn.Conv2d(cin, cout, 3, padding=1, bias=False)
     from brevitas.nn import QuantConv2d
 
-    return QuantConv2d(cin, cout, 3, padding=1, bias=False,
-                       **bc.weight_quant_kwargs(q, cfg.layer_weight_width(index), cfg.acc_bits))
+    if q == "wrpn":
+        return _wrpn_layer(QuantConv2d(cin, cout, 3, padding=1, bias=False, **_wrpn_weight_kwargs(cfg, first, False, index)))
+    return QuantConv2d(cin, cout, 3, padding=1, bias=False, **bc.weight_quant_kwargs(q, cfg.layer_weight_width(index), cfg.acc_bits))
 
 
-def _act(cfg: ModelConfig, name: str, relu: bool = True) -> nn.Module:
+WRPN_EDGE_BITS = 8
+
+
+def _wrpn_weight_kwargs(cfg: ModelConfig, first: bool, last: bool, index: int) -> dict:
+    bits = cfg.edge_bits if (first or last) else cfg.layer_weight_width(index)
+    return bc.weight_quant_kwargs("wrpn", bits, None)
+
+
+def _wrpn_layer(layer: nn.Module) -> nn.Module:
+    bc.wrpn_init(layer, int(layer.weight_quant.bit_width()))
+    return layer
+
+
+def wrpn_layer_bits(cfg: ModelConfig) -> list[dict]:
+    """Per weight layer (forward order): the WRPN weight bits and input activation bits.
+
+    The input of the first layer is the dataset's code (``input_bits``); see the module
+    docstring for what ``edge_bits`` covers.
+    """
+    n = len(cfg.hidden) + 1
+    out = []
+    for i in range(n):
+        edge = i in (0, n - 1)
+        in_bits = cfg.input_bits if i == 0 else (cfg.edge_bits if i == n - 1 else cfg.act_bits)
+        out.append({"weight_bits": cfg.edge_bits if edge else cfg.weight_bits, "input_bits": in_bits})
+    return out
+
+
+def _act(cfg: ModelConfig, name: str, relu: bool = True, feeds_last: bool = False) -> nn.Module:
     if cfg.quant == "float":
         return nn.ReLU() if relu else nn.Identity()
+    if cfg.quant == "wrpn":
+        return bc.wrpn_act_layer(cfg.edge_bits if feeds_last else cfg.act_width(name), relu=relu)
     return bc.act_quant_layer(cfg.act_width(name), relu=relu)
 
 
@@ -319,10 +371,12 @@ class QuantMLP(nn.Module):
         self.input_quant = _input(cfg)
         self.flatten = nn.Flatten()
         widths = [int(math.prod(cfg.in_shape))] + list(cfg.widths()) + [cfg.num_classes]
+        last = len(widths) - 2
         self.layers = nn.ModuleList(
-            _linear(cfg, a, b, first=(i == 0), index=i) for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))
+            _linear(cfg, a, b, first=(i == 0), index=i, last=(i == last))
+            for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))
         )
-        self.acts = nn.ModuleList(_act(cfg, f"acts.{i}") for i in range(len(widths) - 2))
+        self.acts = nn.ModuleList(_act(cfg, f"acts.{i}", feeds_last=(i == last - 1)) for i in range(len(widths) - 2))
 
     def forward(self, x):
         x = self.flatten(self.input_quant(x))
@@ -367,10 +421,10 @@ class QuantCNN(nn.Module):
         self.pool1 = nn.MaxPool2d(2)
         if hw:
             self.conv3_in = _act(cfg, "conv3_in", relu=False)
-        self.conv3, self.bn3, self.act3 = _conv(cfg, c2, c3, False, 1 + nb), nn.BatchNorm2d(c3), _act(cfg, "act3")
+        self.conv3, self.bn3, self.act3 = _conv(cfg, c2, c3, False, 1 + nb), nn.BatchNorm2d(c3), _act(cfg, "act3", feeds_last=True)
         self.pool2 = nn.MaxPool2d(2)
         self.flatten = nn.Flatten()
-        self.fc = _linear(cfg, c3 * (h // 4) * (w // 4), cfg.num_classes, first=False, index=2 + nb)
+        self.fc = _linear(cfg, c3 * (h // 4) * (w // 4), cfg.num_classes, first=False, index=2 + nb, last=True)
 
     def blocks(self, x):
         """The graph up to the first pool: the stem output, then each block's output."""

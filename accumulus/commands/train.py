@@ -13,6 +13,8 @@ EXAMPLES = """
   accumulus train --preset digits-mlp --quant int --precision build/dmf/precision.json --out build/dsakr
                   # per-layer widths from 'accumulus precision' (Sakr & Shanbhag)
   accumulus train --preset digits-rescnn3 --weight-bits 2 --act-bits 2 --highway 16 --out build/hw16
+  accumulus train --preset digits-mlp --quant wrpn --weight-bits 4 --act-bits 4 --width-mult 2 \
+                  --out build/wrpn2x4                           # WRPN: 2x wider, 4-bit, edges at 8 bits
 """
 
 
@@ -30,7 +32,8 @@ def add_arguments(p):
     g.add_argument("--preset", help="digits-mlp | mnist-tfc | digits-cnn | digits-rescnn | digits-rescnn3 (other options override it)")
     g.add_argument("--model", help="mlp | cnn | resnet (default mlp)")
     g.add_argument("--dataset", help="digits | mnist5k | PATH.npz with arrays x (N,[C,]H,W) and y (default digits)")
-    g.add_argument("--quant", help="float | int | a2q | a2q+ | mls (default a2q+)")
+    g.add_argument("--quant", help="float | int | a2q | a2q+ | wrpn | mls (default a2q+); wrpn: fixed-range WRPN "
+                   "quantizers (weights [-1,1], activations [0,1])")
     g.add_argument("--mls", metavar="M,E,G,Eg", help="--quant mls: mantissa bits, exponent bits, group size along "
                    "input channels, group-exponent bits (default 1,2,4,2: the MLS paper's 1M2E); docs/mls.md")
     g.add_argument("--weight-bits", type=int, metavar="M", help="weight bits (default 4)")
@@ -47,6 +50,8 @@ def add_arguments(p):
     g.add_argument("--precision", metavar="FILE",
                    help="per-layer weight and activation widths from 'accumulus precision' (precision.json; "
                         "weights B signed bits, activations B-1 unsigned); replaces --weight-bits/--act-bits")
+    g.add_argument("--edge-bits", type=int, metavar="B",
+                   help="wrpn: bits of the first layer's weights and of the last layer's weights and input (default 8)")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=None, help="epochs (default 10)")
     t.add_argument("--seed", type=int, default=0, help="seed for init, batches and the data split (default 0)")
@@ -65,7 +70,8 @@ def add_arguments(p):
 
 _MODEL_KEYS = {"model": "model", "dataset": "dataset", "quant": "quant", "weight_bits": "weight_bits",
                "act_bits": "act_bits", "acc_bits": "acc_bits", "hidden": "hidden", "width_mult": "width_mult",
-               "constrain_first": "constrain_first", "highway_bits": "highway_bits", "mls": "mls"}
+               "constrain_first": "constrain_first", "highway_bits": "highway_bits", "mls": "mls",
+               "edge_bits": "edge_bits"}
 
 
 def _check_dataset_file(name: str) -> None:
