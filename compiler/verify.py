@@ -5,12 +5,14 @@ defines the graph's meaning -- qonnx 1.0.0 for graphs with QONNX/FINN custom ops
 onnxruntime with every optimisation off for standard (QDQ / QOperator) graphs -- and
 compare the integer codes of every requantized tensor. A difference is excused only when
 it is a float tie in the reference: its pre-rounding value lies within ``tie_tol`` of a
-rounding boundary, where float32 evaluation order decides the code. For a layer whose
-multiplier/shift requantization the compiler could not make exact (wide outputs after a
-batch-norm, e.g. a 16-bit Precision Highway stream) the window also holds the layer's
-recorded ``max_error_codes`` and 8 float32 eps of the output code range (the reference's
-conv, batch-norm and scale run in float32 on values that large): the golden model is within
-that of the exact value by construction, so a difference inside it is still a tie. A sample whose first
+rounding boundary, where float32 evaluation order decides the code. The window is
+``tie_tol`` plus 8 float32 eps of the output code range (the reference's conv, batch-norm
+and scale run in float32 on values that large: a WRPN 8-bit conv output measured
+199.49990 in qonnx where the exact value from its own integer inputs is 199.500033). For a
+layer whose multiplier/shift requantization the compiler could not make exact (wide outputs
+after a batch-norm, e.g. a 16-bit Precision Highway stream) the window also holds the
+layer's recorded ``max_error_codes``: the golden model is within that of the exact value by
+construction, so a difference inside it is still a tie. A sample whose first
 difference is a tie is excused as a whole (the tie propagates downstream); any other
 difference makes the plan wrong.
 """
@@ -392,13 +394,13 @@ def compare(plan: Plan, model, x: np.ndarray, extra_feeds: dict | None = None, t
         tie = np.zeros_like(bad)
         if pre is not None:
             p = _to_stream(np.broadcast_to(pre, np.shape(ctx[t])).astype(np.float64), pshape)
+            # the reference evaluates conv, batch-norm and scale in float32: a few eps of the
+            # output code range (intermediates are of that size), 1.2e-4 codes at 8 bits,
+            # ~0.03 at 16; plus the recorded deviation of an inexact multiplier/shift layer
+            ot = plan.tensor(l["output"])["type"] if l.get("output") in plan.doc["tensors"] else None
+            tol = tie_tol + (8 * 2.0 ** -24 * 2.0 ** int(ot["bits"]) if ot else 0.0)
             if l.get("max_error_codes"):
-                # the reference evaluates conv, batch-norm and scale in float32: a few eps of the
-                # output code range (intermediates are of that size), ~0.03 codes at 16 bits
-                ot = plan.tensor(l["output"])["type"]
-                tol = tie_tol + float(l["max_error_codes"]) + 8 * 2.0 ** -24 * 2.0 ** int(ot["bits"])
-            else:
-                tol = tie_tol
+                tol += float(l["max_error_codes"])
             if node.op_type == "BipolarQuant" or (node.op_type == "Quant" and _one_bit_signed(model, ctx, node)):
                 tie = np.abs(p) < tol
             elif _attr_s(node, "rounding_mode", "ROUND").upper() in ("FLOOR", "CEIL", "ROUND_TO_ZERO", "DOWN", "UP"):
