@@ -38,7 +38,7 @@ __all__ = ["Config", "ConstConfig", "DEFAULT_CONFIGS", "CONST_CONFIGS", "feature
            "calibrate_const", "coefficients_path"]
 
 LUT_TERMS = ("lut_per_mac_bit", "lut_per_adder_bit", "lut_per_acc_bit", "lut_per_threshold_bit",
-             "lut_per_buffer_bit", "lut_per_rom_bit", "lut_per_layer")
+             "lut_per_buffer_bit", "lut_per_rom_bit", "lut_per_threshold_rom_bit", "lut_per_layer")
 FF_TERMS = ("ff_per_acc_bit", "ff_per_lane_bit", "ff_per_buffer_bit", "ff_per_rom_bit", "ff_per_layer")
 # Where Yosys stops using block RAM for a PE's weight ROM, measured per family: on iCE40's
 # 4 kbit EBRs 512-bit and 32-deep ROMs became LUTs while 2 kbit ROMs of depth >= 128 stayed
@@ -89,6 +89,8 @@ DEFAULT_CONFIGS = (
     # cost is not absorbed into the per-layer constant
     Config(32, 10, 1, 4, requant=False), Config(64, 16, 2, 8, requant=False),
     Config(16, 10, 2, 2, input_bits=2, requant=False, natural_order=True),
+    # 64 channels per PE: the threshold ROM (64 x 15 thresholds) is deep enough for block RAM
+    Config(64, 64, 1, 4), Config(32, 64, 1, 2, natural_order=True), Config(64, 128, 2, 8),
 )
 
 
@@ -152,16 +154,21 @@ def order_needs_buffer(order, pe: int) -> bool:
 
 
 def layer_terms(w_bits, x_bits, channels, fan_in, pe, simd, pe_acc_bits, threshold_bits, out_bits,
-                reorder: bool = True, limits: dict = ROM_LIMITS) -> dict:
-    """The cost model's features of one MAC layer (what each coefficient multiplies)."""
+                reorder: bool = True, limits: dict = ROM_LIMITS, threshold_levels: int | None = None) -> dict:
+    """The cost model's features of one MAC layer (what each coefficient multiplies);
+    ``threshold_levels`` None: ``2^out_bits - 1`` when there are thresholds."""
     lanes = pe * simd
     rom = channels * fan_in * w_bits * cost_model.weight_rom_in_logic(w_bits, channels, fan_in, pe, simd, limits)
+    levels = ((1 << out_bits) - 1 if threshold_bits else 0) if threshold_levels is None else threshold_levels
+    th = channels * levels * threshold_bits
+    th_rom = th * bool(th and cost_model.threshold_rom_in_logic(channels, pe, levels, threshold_bits, limits))
     product = w_bits + x_bits
     adder_bits = product + math.ceil(math.log2(simd)) if simd > 1 else 0
     return {
         "lut_per_mac_bit": lanes * w_bits * x_bits, "lut_per_adder_bit": lanes * adder_bits,
         "lut_per_acc_bit": float(sum(pe_acc_bits)), "lut_per_threshold_bit": pe * threshold_bits,
-        "lut_per_buffer_bit": channels * out_bits * reorder, "lut_per_rom_bit": rom, "lut_per_layer": 1.0,
+        "lut_per_buffer_bit": channels * out_bits * reorder, "lut_per_rom_bit": rom,
+        "lut_per_threshold_rom_bit": th_rom, "lut_per_layer": 1.0,
         "ff_per_acc_bit": float(sum(pe_acc_bits)), "ff_per_lane_bit": lanes * x_bits,
         "ff_per_buffer_bit": channels * out_bits * reorder, "ff_per_rom_bit": rom, "ff_per_layer": 1.0,
     }

@@ -36,7 +36,7 @@ import json
 import math
 from importlib import resources
 
-__all__ = ["full_adders_per_dot", "layer_full_adders", "load_coefficients", "mac_layer_cost", "const_layer_cost", "CONST_DEFAULTS", "weight_rom_in_logic", "stream_layer_cost", "reorder_layer_cost", "total", "RESOURCES"]
+__all__ = ["full_adders_per_dot", "layer_full_adders", "load_coefficients", "mac_layer_cost", "const_layer_cost", "CONST_DEFAULTS", "weight_rom_in_logic", "threshold_rom_in_logic", "stream_layer_cost", "reorder_layer_cost", "total", "RESOURCES"]
 
 RESOURCES = ("lut", "ff", "dsp", "bram_bits")
 
@@ -95,6 +95,12 @@ def mac_layer_cost(w_bits: int, x_bits: int, channels: int, fan_in: int, pe: int
     dsp = lanes if dsp_min and product >= dsp_min else 0
     weight_bits = channels * fan_in * w_bits
     bram = weight_bits + channels * threshold_levels * threshold_bits
+    # ... and so a small per-PE threshold ROM (hw/requant.py: channels/pe x levels words of
+    # the stored width)
+    th_bits = channels * threshold_levels * threshold_bits
+    if th_bits and threshold_rom_in_logic(channels, pe, threshold_levels, threshold_bits, coeff):
+        lut += th_bits * coeff.get("lut_per_threshold_rom_bit", 0.0)
+        bram -= th_bits
     # Yosys maps a small or shallow per-PE weight ROM to LUTs instead of block RAM.
     if weight_rom_in_logic(w_bits, channels, fan_in, pe, simd, coeff):
         lut += weight_bits * coeff.get("lut_per_rom_bit", 0.0)
@@ -135,6 +141,15 @@ def weight_rom_in_logic(w_bits: int, channels: int, fan_in: int, pe: int, simd: 
     depth = (fan_in // max(1, simd)) * (channels // max(1, pe))
     bits = depth * simd * w_bits
     return bits <= coeff.get("rom_logic_max_bits", -1) or depth < coeff.get("rom_min_depth", 0)
+
+
+def threshold_rom_in_logic(channels: int, pe: int, levels: int, threshold_bits: int, coeff: dict) -> bool:
+    """True when each PE's threshold ROM (``channels/pe`` channels of ``levels`` thresholds of
+    ``threshold_bits``; binary search reads one per word) is below ``rom_logic_max_bits`` or
+    shallower than ``rom_min_depth`` words."""
+    per_pe = max(1, channels // max(1, pe))
+    depth = per_pe * levels
+    return per_pe * levels * threshold_bits <= coeff.get("rom_logic_max_bits", -1) or depth < coeff.get("rom_min_depth", 0)
 
 
 def stream_layer_cost(elem_bits: int, coeff: dict) -> dict:
