@@ -155,12 +155,13 @@ def from_dict(doc: dict, source: str = "sweep") -> Sweep:
     unknown = sorted(set(spec) - {"grid", "points"})
     if unknown:
         raise UserError(f"{source}: [sweep] has unknown key(s) {unknown}; it takes 'grid' and 'points'")
-    base = _normalized(merge_config(doc, source))
+    merged = merge_config(doc, source)
     allowed = _stage_options()
-    for stage, table in base.items():
+    for stage, table in merged.items():
         if stage != "flow":
             for option in table:
                 _check_option(f"{source}: [{stage}] key '{option}'", stage, option, allowed)
+    base = _normalized(merged)
     model = base.get("flow", {}).get("model")
     model_sha = None
     if model is not None:
@@ -371,6 +372,10 @@ def figures(d: Path) -> dict:
         f["cycles_per_frame"] = sim["cycles_per_frame"]
         f["cycles_source"] = "sim"
         f["sim_passed"] = sim.get("passed")
+    budget = (plan or {}).get("options", {}).get("budget")
+    if f.get("fits") is None and budget and f.get("lut") is not None:
+        # no place and route: compare the cost figures with the board's budget (boards/data)
+        f["fits"] = all(f.get(k) is None or f[k] <= cap for k, cap in budget.items())
     clock = clock or _board_clock(board)
     f["board"] = board
     f["clock_mhz"] = clock
@@ -555,7 +560,8 @@ def run(spec: str | Path | Sweep, out: str | Path, executor: str = "pool", worke
 def _pareto(entries: list[dict], x: str, minimize_x: bool) -> set[str]:
     """Ids of the points no other point beats: accuracy at least as high and ``x`` at least as
     good (lower when ``minimize_x``), one of them strictly."""
-    pts = [(e["id"], e["figures"].get("accuracy"), e["figures"].get(x)) for e in entries]
+    pts = [(e["id"], e["figures"].get("accuracy"), e["figures"].get(x)) for e in entries
+           if e["figures"].get("fits") is not False]  # a design the board cannot hold is no choice on it
     pts = [(i, a, (v if minimize_x else -v)) for i, a, v in pts if a is not None and v is not None]
     return {i for i, a, v in pts
             if not any(a2 >= a and v2 <= v and (a2 > a or v2 < v) for _, a2, v2 in pts)}
@@ -632,9 +638,13 @@ def plot(doc: dict, board: str, path: Path) -> None:
     for ax, x, name, minimize in ((axes[0], "lut", "LUTs", True), (axes[1], "fps", "frames/s", False)):
         pts = [e for e in mine if e["figures"].get(x) is not None and e["figures"].get("accuracy") is not None]
         front = sorted((e for e in pts if e["pareto"][x]), key=lambda e: e["figures"][x])
-        rest = [e for e in pts if not e["pareto"][x]]
+        rest = [e for e in pts if not e["pareto"][x] and e["figures"].get("fits") is not False]
+        over = [e for e in pts if e["figures"].get("fits") is False]
         ax.scatter([e["figures"][x] for e in rest], [e["figures"]["accuracy"] for e in rest],
                    c="0.6", s=22, label="point")
+        if over:
+            ax.scatter([e["figures"][x] for e in over], [e["figures"]["accuracy"] for e in over],
+                       c="0.6", marker="x", s=26, label=f"does not fit {board}")
         ax.plot([e["figures"][x] for e in front], [e["figures"]["accuracy"] for e in front],
                 "o-", c="tab:red", ms=7, label="Pareto front")
         for e in front:
@@ -674,5 +684,6 @@ def report_md(doc: dict) -> str:
     sources = sorted({f"{e['figures'].get('cost_source')}" for e in ok})
     lines += ["", f"Accuracy: `train.json` test_accuracy. Cost: {', '.join(sources)}. Frames/s: board clock / "
               "cycles per frame. Pareto: no other point on the same board has accuracy at least as high and "
-              "cost (LUT) or throughput (frames/s) at least as good, one strictly.", ""]
+              "cost (LUT) or throughput (frames/s) at least as good, one strictly; points that do not fit the "
+              "board are never on its front.", ""]
     return "\n".join(lines)
