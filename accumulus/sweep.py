@@ -341,7 +341,9 @@ def figures(d: Path) -> dict:
         f["mac_lanes"] = est.get("mac_lanes")
         f["const_layers"] = est.get("const_layers")
         f["engines"] = [layer.get("engine") for layer in plan.get("layers", []) if "engine" in layer]
-        f["acc_bits"] = [layer["acc_type"]["bits"] for layer in plan.get("layers", []) if layer.get("acc_type")]
+        # per layer, the widest exact accumulator over its channels (compiler/accumulators.py)
+        f["acc_bits"] = {layer["name"]: max(layer["acc"]["bits"]["exact"]) for layer in plan.get("layers", [])
+                         if (layer.get("acc") or {}).get("bits", {}).get("exact")}
         f["lut"], f["ff"], f["dsp"], f["bram_bits"] = (f["plan_lut"], f["plan_ff"], f["plan_dsp"], f["plan_bram_bits"])
         f["cost_source"] = "plan-estimate"
         f["cycles_per_frame"] = f["plan_cycles_per_frame"]
@@ -546,10 +548,12 @@ def run(spec: str | Path | Sweep, out: str | Path, executor: str = "pool", worke
     doc = collect(sweep, out)
     write_outputs(doc, out)
     failed = [e["id"] for e in doc["points"] if e["status"] != "ok"]
-    _write_json(out / "sweep.json", {
-        "source": sweep.source, "executor": executor, "address": address, "workers": workers,
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.monotonic() - t0, 2),
-        "points_run": len(tasks), "points_failed": failed, "points": log})
+    this = {"source": sweep.source, "executor": executor, "address": address, "workers": workers,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(time.monotonic() - t0, 2),
+            "points_run": len(tasks), "points_failed": failed}
+    prev = _load_json(out / "sweep.json") or {}
+    history = prev.get("history", []) + ([{k: prev[k] for k in this if k in prev}] if "finished" in prev else [])
+    _write_json(out / "sweep.json", {**this, "points": log, "history": history})
     if not quiet:
         print(f"sweep: {len(doc['points']) - len(failed)} of {len(doc['points'])} points ok; "
               f"wrote {out / 'results.json'}, results.csv, report.md and "
@@ -574,7 +578,7 @@ def collect(sweep: Sweep, out: Path) -> dict:
         rec = _load_json(out / "points" / p.id / "point.json") or {}
         entries.append({"id": p.id, "dir": f"points/{p.id}", "options": p.options,
                         "status": rec.get("status", "not run"), "error": rec.get("error"),
-                        "failed_stage": rec.get("failed_stage"), "figures": rec.get("figures", {})})
+                        "failed_stage": rec.get("failed_stage"), "figures": figures(out / "points" / p.id)})
     ok = [e for e in entries if e["status"] == "ok"]
     boards = sorted({e["figures"].get("board") or "?" for e in ok})
     for board in boards:
@@ -600,6 +604,8 @@ def _cell(v) -> str:
         return ""
     if isinstance(v, list):
         return " ".join(str(x) for x in v)
+    if isinstance(v, dict):
+        return " ".join(str(x) for x in v.values())
     if isinstance(v, float):
         return f"{v:.6g}"
     return str(v)
@@ -623,7 +629,8 @@ def write_outputs(doc: dict, out: Path) -> None:
 
 
 def _label(e: dict) -> str:
-    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in e["options"].items())
+    short = lambda key: "+".join(part.split(".", 1)[-1] for part in key.split("+"))  # noqa: E731
+    return ", ".join(f"{short(k)}={v}" for k, v in e["options"].items())
 
 
 def plot(doc: dict, board: str, path: Path) -> None:
@@ -653,8 +660,9 @@ def plot(doc: dict, board: str, path: Path) -> None:
         src = sorted({e["figures"].get("cost_source" if x == "lut" else "cycles_source") for e in pts} - {None})
         ax.set_xlabel(f"{name} ({', '.join(src)})" if src else name)
         ax.set_ylabel("test accuracy")
-        if x == "fps":
-            ax.set_xscale("log")
+        xs = [e["figures"][x] for e in pts]
+        if xs and min(xs) > 0 and max(xs) > 20 * min(xs):
+            ax.set_xscale("log")  # engines differ by orders of magnitude (constant-weight vs folded)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
     fig.suptitle(f"{doc['source']}: {len(mine)} points on {board}")
