@@ -437,7 +437,8 @@ def _run_pool(tasks, workers, on_done, poll):
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+    ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    try:
         futures = {ex.submit(run_point, t): t for t in tasks}
         while futures:
             done, _ = wait(futures, timeout=0.3, return_when=FIRST_COMPLETED)
@@ -449,6 +450,11 @@ def _run_pool(tasks, workers, on_done, poll):
                 except Exception as exc:  # the worker process died (killed, out of memory)
                     on_done(task, {"id": task["id"], "status": "failed", "crashed": True,
                                    "error": f"worker process failed: {type(exc).__name__}: {exc}"})
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the workers too; do not wait for queued points. A rerun resumes.
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    ex.shutdown(wait=True)
 
 
 def _run_ray(tasks, workers, on_done, poll, address):
@@ -456,12 +462,15 @@ def _run_ray(tasks, workers, on_done, poll, address):
         import ray
     except ImportError:
         raise UserError("--executor ray needs the 'ray' package: pip install 'accumulus[ray]'") from None
+    address = address or os.environ.get("RAY_ADDRESS")  # Ray's own way to name a cluster
     started = False
     if not ray.is_initialized():
-        kwargs = {"address": address} if address else {"num_cpus": workers, "include_dashboard": False}
+        # address="local": a new local instance, even when 'ray start' left one's address behind
+        kwargs = ({"address": address} if address else
+                  {"address": "local", "num_cpus": workers, "include_dashboard": False})
         try:
             ray.init(log_to_driver=False, **kwargs)
-        except ConnectionError as exc:
+        except (ConnectionError, ValueError) as exc:
             raise UserError(f"--address {address}: cannot connect to a Ray cluster ({exc}); "
                             "start one with 'ray start --head' or omit --address for a local one") from None
         started = True
@@ -469,20 +478,26 @@ def _run_ray(tasks, workers, on_done, poll, address):
         remote = ray.remote(num_cpus=1, max_retries=0)(run_point)
         queue = list(tasks)
         inflight = {}
-        limit = workers if workers else len(queue)
-        while queue or inflight:
-            while queue and len(inflight) < limit:
-                t = queue.pop(0)
-                inflight[remote.remote(t)] = t
-            done, _ = ray.wait(list(inflight), num_returns=1, timeout=0.3)
-            poll()
-            for ref in done:
-                task = inflight.pop(ref)
-                try:
-                    on_done(task, ray.get(ref))
-                except Exception as exc:  # the Ray worker died, or the node was lost
-                    on_done(task, {"id": task["id"], "status": "failed", "crashed": True,
-                                   "error": f"Ray task failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"})
+        limit = workers if workers else len(queue)  # no --workers: the cluster's CPUs decide
+        try:
+            while queue or inflight:
+                while queue and len(inflight) < limit:
+                    t = queue.pop(0)
+                    inflight[remote.remote(t)] = t
+                done, _ = ray.wait(list(inflight), num_returns=1, timeout=0.3)
+                poll()
+                for ref in done:
+                    task = inflight.pop(ref)
+                    try:
+                        on_done(task, ray.get(ref))
+                    except Exception as exc:  # the Ray worker died, or the node was lost
+                        first = (str(exc).splitlines() or [""])[0]
+                        on_done(task, {"id": task["id"], "status": "failed", "crashed": True,
+                                       "error": f"Ray task failed: {type(exc).__name__}: {first}"})
+        except KeyboardInterrupt:
+            for ref in inflight:  # a cluster outlives this driver: stop what it still runs for us
+                ray.cancel(ref, force=True)
+            raise
     finally:
         if started:
             ray.shutdown()
@@ -503,7 +518,8 @@ def run(spec: str | Path | Sweep, out: str | Path, executor: str = "pool", worke
     sweep = spec if isinstance(spec, Sweep) else load(spec)
     out = Path(out)
     (out / "points").mkdir(parents=True, exist_ok=True)
-    workers = workers or min(os.cpu_count() or 1, len(sweep.points))
+    asked = workers
+    workers = workers or max(1, min(os.cpu_count() or 1, len(sweep.points)))
     t0 = time.monotonic()
     tasks, log = [], {}
     for p in sweep.points:
@@ -542,7 +558,7 @@ def run(spec: str | Path | Sweep, out: str | Path, executor: str = "pool", worke
             if executor == "pool":
                 _run_pool(tasks, workers, on_done, lambda: bars.poll(running))
             else:
-                _run_ray(tasks, workers, on_done, lambda: bars.poll(running), address)
+                _run_ray(tasks, asked if address else workers, on_done, lambda: bars.poll(running), address)
     finally:
         bars.close()
     doc = collect(sweep, out)

@@ -184,7 +184,7 @@ def test_pool_and_local_ray_give_identical_results(model_dir):
     ray = require_module("ray")
     spec = write_spec(model_dir, GRID_2X2, stages=("compile",))
     pool_doc = sweep.run(spec, out=model_dir / "pool", workers=2, quiet=True)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         ray_doc = sweep.run(spec, out=model_dir / "ray", executor="ray", quiet=True)
         assert ray.is_initialized()  # the sweep used the caller's Ray and left it running
