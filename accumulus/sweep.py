@@ -548,8 +548,8 @@ def run(spec: str | Path | Sweep, out: str | Path, executor: str = "pool", worke
         log[task["id"]] = {"cached": False, "status": result["status"], "seconds": result.get("seconds")}
         fig = (_load_json(Path(task["dir"]) / "point.json") or {}).get("figures", {})
         what = ", ".join(f"{k}={v}" for k, v in task["options"].items())
-        line = (f"point {task['id']} ({what}): ok, accuracy {fig.get('accuracy')}, LUT {fig.get('lut')}, "
-                f"{fig.get('fps')} frames/s" if result["status"] == "ok"
+        line = (f"point {task['id']} ({what}): ok, accuracy {_cell(fig.get('accuracy')) or '-'}, "
+                f"LUT {_cell(fig.get('lut')) or '-'}, {_cell(fig.get('fps')) or '-'} frames/s" if result["status"] == "ok"
                 else f"point {task['id']} ({what}): FAILED: {result['error']}")
         bars.finished(task["id"], line)
 
@@ -644,9 +644,10 @@ def write_outputs(doc: dict, out: Path) -> None:
     (out / "report.md").write_text(report_md(doc))
 
 
-def _label(e: dict) -> str:
+def _label(e: dict, varying: set[str] | None = None) -> str:
+    """``acc-bits=12, engine=rom``: the point's options, those every point shares left out."""
     short = lambda key: "+".join(part.split(".", 1)[-1] for part in key.split("+"))  # noqa: E731
-    return ", ".join(f"{short(k)}={v}" for k, v in e["options"].items())
+    return ", ".join(f"{short(k)}={v}" for k, v in e["options"].items() if varying is None or k in varying)
 
 
 def plot(doc: dict, board: str, path: Path) -> None:
@@ -657,6 +658,7 @@ def plot(doc: dict, board: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     mine = [e for e in doc["points"] if e["status"] == "ok" and (e["figures"].get("board") or "?") == board]
+    varying = {k for k in doc["keys"] if len({json.dumps(e["options"].get(k)) for e in doc["points"]}) > 1}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, x, name, minimize in ((axes[0], "lut", "LUTs", True), (axes[1], "fps", "frames/s", False)):
         pts = [e for e in mine if e["figures"].get(x) is not None and e["figures"].get("accuracy") is not None]
@@ -671,7 +673,7 @@ def plot(doc: dict, board: str, path: Path) -> None:
         ax.plot([e["figures"][x] for e in front], [e["figures"]["accuracy"] for e in front],
                 "o-", c="tab:red", ms=7, label="Pareto front")
         for e in front:
-            ax.annotate(_label(e), (e["figures"][x], e["figures"]["accuracy"]), fontsize=6,
+            ax.annotate(_label(e, varying), (e["figures"][x], e["figures"]["accuracy"]), fontsize=6,
                         textcoords="offset points", xytext=(4, -8 if minimize else 4))
         src = sorted({e["figures"].get("cost_source" if x == "lut" else "cycles_source") for e in pts} - {None})
         ax.set_xlabel(f"{name} ({', '.join(src)})" if src else name)
