@@ -16,7 +16,7 @@ from accumulus import __version__
 from accumulus.errors import UserError
 
 # Pipeline order, for --help; commands not in this list are appended alphabetically.
-ORDER = ["train", "precision", "export", "compile", "check", "widths", "predict", "build", "sim", "report", "bitstream", "flow"]
+ORDER = ["train", "precision", "export", "compile", "check", "widths", "predict", "build", "sim", "report", "bitstream", "flow", "sweep"]
 
 
 def _command_modules():

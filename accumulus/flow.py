@@ -73,12 +73,18 @@ def load_config(path: str | Path | None) -> dict:
         raise UserError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML ({exc})") from None
+    return merge_config(user, path)
+
+
+def merge_config(user: dict, source: str | Path = "config") -> dict:
+    """The default config updated by ``user``'s tables (as read from a flow.toml at ``source``)."""
+    config = {k: dict(v) for k, v in DEFAULT_CONFIG.items()}
     unknown = sorted(set(user) - set(STAGES) - {"flow"})
     if unknown:
-        raise UserError(f"{path}: unknown table(s) {unknown}; tables are {list(STAGES)} (and [flow])")
+        raise UserError(f"{source}: unknown table(s) {unknown}; tables are {list(STAGES)} (and [flow])")
     for stage, table in user.items():
         if not isinstance(table, dict):
-            raise UserError(f"{path}: '{stage}' must be a table ([{stage}]) of that command's options")
+            raise UserError(f"{source}: '{stage}' must be a table ([{stage}]) of that command's options")
         config.setdefault(stage, {}).update(table)
     return config
 
@@ -124,6 +130,44 @@ def _digest(out: Path, names, options: dict) -> str:
     return h.hexdigest()
 
 
+def is_current(stage: str, out: str | Path, options: dict | None = None) -> bool:
+    """True when ``stage`` finished in ``out`` with these options and neither its inputs nor its
+    outputs changed since: the test by which the flow skips a stage."""
+    out = Path(out)
+    spec = STAGE_TABLE[stage]
+    state_path = out / "flow.json"
+    if not state_path.exists() or any(not (out / name).exists() for name in spec.inputs):
+        return False
+    prev = json.loads(state_path.read_text()).get(stage)
+    return bool(prev and prev.get("inputs") == _digest(out, spec.inputs, dict(options or {}))
+                and prev.get("outputs") == _digest(out, spec.outputs, {}))
+
+
+def select_stages(config: dict | None = None, model=None, from_stage: str | None = None,
+                  to_stage: str | None = None) -> list[str]:
+    """The stages a run executes, in order: all, or ``[flow] stages``, trimmed by ``model``
+    (no train/export), ``from_stage`` and ``to_stage``."""
+    stages = list(STAGES)
+    chosen = ((config or {}).get("flow") or {}).get("stages")
+    if chosen is not None:
+        if isinstance(chosen, str) or not isinstance(chosen, list):
+            raise UserError(f"[flow] stages must be a list of stage names, e.g. {list(STAGES[:3])}; got {chosen!r}")
+        unknown = [s for s in chosen if s not in STAGES]
+        if unknown:
+            raise UserError(f"[flow] stages: unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
+        stages = [s for s in STAGES if s in chosen]
+    if model is not None:
+        stages = [s for s in stages if STAGES.index(s) >= STAGES.index("compile")]
+    for name, what in (("from", from_stage), ("to", to_stage)):
+        if what is not None and what not in STAGES:
+            raise UserError(f"--{name} {what}: unknown stage; stages are {', '.join(STAGES)}")
+    if from_stage:
+        stages = [s for s in stages if STAGES.index(s) >= STAGES.index(from_stage)]
+    if to_stage:
+        stages = [s for s in stages if STAGES.index(s) <= STAGES.index(to_stage)]
+    return stages
+
+
 def run_stage(stage: str, out: str | Path, options: dict | None = None, force: bool = False, log=print) -> dict:
     """Run one stage in ``out`` unless its inputs, options and outputs are unchanged."""
     from accumulus.cli import main as cli_main
@@ -142,8 +186,7 @@ def run_stage(stage: str, out: str | Path, options: dict | None = None, force: b
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
     key_in = _digest(out, spec.inputs, options)
     prev = state.get(stage)
-    if (not force and prev and prev.get("inputs") == key_in
-            and prev.get("outputs") == _digest(out, spec.outputs, {})):
+    if not force and is_current(stage, out, options):
         log(f"[{stage}] skipped: inputs, options and outputs unchanged since {prev['finished']}")
         return {"stage": stage, "skipped": True, "seconds": 0.0}
     argv = _argv(stage, out, options)
@@ -166,12 +209,18 @@ def run_stage(stage: str, out: str | Path, options: dict | None = None, force: b
 
 
 def run(config: dict | None = None, out: str | Path = "build/flow", model: str | Path | None = None,
-        from_stage: str | None = None, to_stage: str | None = None, force: bool = False, log=print) -> list[dict]:
-    """Run the flow; ``model`` starts from a user's ONNX graph (no training, no torch)."""
+        from_stage: str | None = None, to_stage: str | None = None, force: bool = False, log=print,
+        on_stage=None) -> list[dict]:
+    """Run the flow; ``model`` starts from a user's ONNX graph (no training, no torch).
+
+    ``config["flow"]["stages"]`` (``[flow] stages = [...]`` in flow.toml) limits the run to
+    those stages, e.g. without build and sim when only the report's estimates are wanted.
+    ``on_stage(i, n, stage)`` is called before each of the ``n`` stages (progress bars).
+    """
     config = config if config is not None else load_config(None)
     out = Path(out)
+    stages = select_stages(config, model, from_stage, to_stage)
     out.mkdir(parents=True, exist_ok=True)
-    stages = list(STAGES)
     if model is not None:
         model = Path(model)
         if not model.is_file():
@@ -180,16 +229,10 @@ def run(config: dict | None = None, out: str | Path = "build/flow", model: str |
         if not target.exists() or target.resolve() != model.resolve():
             if not target.exists() or target.read_bytes() != model.read_bytes():
                 shutil.copyfile(model, target)
-        stages = stages[stages.index("compile"):]
-    for name, what in (("from", from_stage), ("to", to_stage)):
-        if what is not None and what not in STAGES:
-            raise UserError(f"--{name} {what}: unknown stage; stages are {', '.join(STAGES)}")
-    if from_stage:
-        stages = [s for s in stages if STAGES.index(s) >= STAGES.index(from_stage)]
-    if to_stage:
-        stages = [s for s in stages if STAGES.index(s) <= STAGES.index(to_stage)]
     results = []
     for i, stage in enumerate(stages, 1):
+        if on_stage is not None:
+            on_stage(i - 1, len(stages), stage)
         log(f"== stage {i}/{len(stages)}: {stage}")
         results.append(run_stage(stage, out, config.get(stage, {}), force=force, log=log))
     return results

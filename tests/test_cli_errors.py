@@ -190,6 +190,9 @@ CASES = [
     ("compile-missing-out", "compile {d}/m.onnx", "--out"),
     ("unknown-command", "compiel {d}/m.onnx", "'compiel'"),
     ("flow-unknown-stage", "flow --out {d}/f --to synth", "--to synth"),
+    ("sweep-missing-spec", "sweep {d}/missing.toml --out {d}/s", "SWEEP.toml {d}/missing.toml: no such file"),
+    ("sweep-spec-not-toml", "sweep {d}/notes.txt --out {d}/s", "{d}/notes.txt: not valid TOML"),
+    ("sweep-unknown-executor", "sweep {d}/notes.txt --out {d}/s --executor dask", "'dask'"),
 ]
 
 
@@ -211,7 +214,7 @@ def test_bad_input_is_one_error_line(ws, capsys, argv, expect):
     assert code == 2, f"exit {code}, stderr {err!r}"
     assert len(lines) == 1, f"{len(lines)} lines on stderr: {err!r}"
     command = args[0] if args[0] in {m for m in ("train", "export", "compile", "check", "widths", "predict", "build",
-                                                  "sim", "report", "bitstream", "flow", "precision")} else None
+                                                  "sim", "report", "bitstream", "flow", "precision", "sweep")} else None
     prefix = f"accumulus {command}: error: " if command else "accumulus: error: "
     assert lines[0].startswith(prefix), lines[0]
     assert expect.format(d=ws) in lines[0], lines[0]
