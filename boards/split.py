@@ -11,6 +11,16 @@ their own (hierarchical) names; DSPs like logic cells.
 
 The rules (:data:`RULES`) are regular expressions on hierarchical names and follow the
 names ``hw/systolic.py`` and ``hw/requant.py`` give their registers; first match wins.
+
+A register on a stream between two modules carries several names after flattening: the
+producer's output port, the consumer's input port and the parent's wire between them, and
+the parent's name is often the only one left for the flip-flop's own bit. So a register is
+placed first by where it was written: Yosys keeps the ``src`` location of the ``always``
+block on the flip-flop cell and leaves one ``$scopeinfo`` cell per flattened instance with
+its module's source span (``module_src``) and path (``hdlname``); the innermost instance
+whose span holds the flip-flop's source line is the module that drives it. Its names (or
+the instance path itself) choose the category and outer key; a netlist without scope
+information falls back to the names alone.
 """
 from __future__ import annotations
 
@@ -53,6 +63,46 @@ def _is_ff(ctype: str) -> bool:
                                                re.fullmatch(r"FD[A-Z]*", ctype) is not None)
 
 
+_SRC = re.compile(r"^(.*?):(\d+)\.\d+-(\d+)\.\d+$")
+
+
+def _src_span(src: str | None):
+    """``(file, first_line, last_line)`` of the first location of a Yosys ``src`` attribute."""
+    if not src:
+        return None
+    m = _SRC.match(str(src).split("|")[0])
+    return (m.group(1), int(m.group(2)), int(m.group(3))) if m else None
+
+
+def _scopes(cells: dict) -> list[tuple[str, int, int, str]]:
+    """``(file, first, last, instance path)`` of every flattened instance whose module is used once."""
+    spans: dict[tuple, list[str]] = defaultdict(list)
+    for cname, cell in cells.items():
+        if cell["type"].lstrip("\\") != "$scopeinfo":
+            continue
+        attrs = cell.get("attributes", {})
+        span = _src_span(attrs.get("module_src"))
+        if span is None:
+            continue
+        path = ".".join(attrs["hdlname"].split()) if attrs.get("hdlname") else cname.lstrip("\\")
+        spans[span].append(path)
+    # a module instantiated twice has one span and two paths: its lines do not say which
+    return sorted(((f, a, b, paths[0]) for (f, a, b), paths in spans.items() if len(paths) == 1),
+                  key=lambda s: s[2] - s[1])
+
+
+def _scope_of(cell: dict, scopes) -> str | None:
+    """Instance path of the innermost instance whose module source holds ``cell``'s source line."""
+    span = _src_span(cell.get("attributes", {}).get("src"))
+    if span is None:
+        return None
+    f, line, _ = span
+    for sf, a, b, path in scopes:      # narrowest span first
+        if sf == f and a <= line <= b:
+            return path
+    return None
+
+
 def split_netlist(netlist: dict | str | Path, family: str, top: str | None = None,
                   group=None) -> dict:
     """Resources per key of a flat Yosys JSON netlist (``write_json``).
@@ -84,8 +134,17 @@ def split_netlist(netlist: dict | str | Path, family: str, top: str | None = Non
                     if isinstance(b, int):
                         driver[b] = cname
 
-    def best_name(bits, fallback):
+    scopes = _scopes(cells)
+
+    def best_name(bits, fallback, scope=None):
         cands = sorted(n for b in bits if isinstance(b, int) for n in names_of_bit.get(b, []))
+        if scope:
+            # names the driving module gives the register; a neighbour's or the parent's
+            # name for the same bits describes the stream, not the logic that fills it
+            local = [c for c in cands if c[1].lstrip("\\").startswith(scope + ".")]
+            if not local:
+                return scope + "." + fallback.lstrip("\\").rsplit(".", 1)[-1]
+            cands = local
         for hidden, name in cands:
             if classify_name(name):
                 return name
@@ -101,7 +160,7 @@ def split_netlist(netlist: dict | str | Path, family: str, top: str | None = Non
         ctype = cell["type"].lstrip("\\$")
         if _is_ff(ctype):
             q = cell["connections"].get("Q", [])
-            seq_key[cname] = key_of(best_name(q, cname))
+            seq_key[cname] = key_of(best_name(q, cname, _scope_of(cell, scopes)))
         elif ctype in BRAM_CELLS:
             out_bits = [b for p, bits in cell["connections"].items()
                         if cell.get("port_directions", {}).get(p) == "output" for b in bits]
@@ -135,6 +194,8 @@ def split_netlist(netlist: dict | str | Path, family: str, top: str | None = Non
     counts: dict[tuple, Counter] = defaultdict(Counter)
     for cname, cell in cells.items():
         ctype = cell["type"].lstrip("\\$")
+        if ctype == "scopeinfo":      # hierarchy bookkeeping, not hardware
+            continue
         if cname in seq_key:
             key = seq_key[cname]
         elif votes.get(cname):

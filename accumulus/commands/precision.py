@@ -8,10 +8,14 @@ EXAMPLES = """
   accumulus train --preset digits-mlp --quant float --out build/dmf      # a float-trained project
   accumulus precision build/dmf --mismatch 0.01                          # writes build/dmf/precision.json
   accumulus precision build/dmf --mismatch 0.05 --samples 200 --out p05.json
+  accumulus train --preset digits-mlp --quant int --precision build/dmf/precision.json --out build/dsakr
+                  # QAT with those widths: weights B signed bits, ReLU outputs B-1 unsigned bits
 Each weight and activation tensor h gets B_h = B_min + round(log2 sqrt(E_h/E_min)) bits, with
 the smallest B_min whose bound sum_h E_h 4^(1-B_h) on the float-vs-fixed-point mismatch
 probability is <= --mismatch. precision.json also holds the measured mismatch on the test
-split, Sakr's full-adder cost and the smallest uniform width measured to be as good.
+split, Sakr's full-adder cost (D*B_A*B_W + (D-1)(B_A+B_W+ceil(log2 D)-1) per D-term dot
+product, multipliers and adder tree only) and the smallest uniform width measured to be as good.
+The bound is loose: compare the measured mismatch of several --mismatch targets.
 """
 
 

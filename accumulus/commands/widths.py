@@ -6,6 +6,8 @@ HELP = "Print accumulator widths per layer (data-type / A2Q / A2Q+ / exact / tar
 EXAMPLES = """
   accumulus widths build/digits                 # a project folder with plan.json
   accumulus widths model.onnx                   # compiles in memory, writes nothing
+The 'full adders' column is Sakr & Shanbhag's count per layer and frame (multipliers and
+adder tree, compiler/cost.py), the figure 'accumulus precision' minimises.
 """
 
 
