@@ -1,0 +1,148 @@
+"""The MLS hardware stage of hw/mls_top.py (frame buffer, frame and group maxima, encoder,
+hw/mls_mac.py's dot engine, integer requantization, output FIFO) in the Amaranth simulator,
+bit-exact against compiler.golden's MLS integer semantics, under random input gaps and
+output stalls. The plans are lowered by compiler/frontend/mls_load.py from MLS ONNX graphs
+built here (tests/mls_graphs.py) and checked by onnx.reference first (verify_mls)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from accumulus.compiler import golden, mls
+from accumulus.compiler.frontend.mls_load import lower_mls, verify_mls
+from accumulus.compiler.mls import MLSFormat
+from accumulus.hw.mls_top import MLSLayerSpec
+from accumulus.hw.simstream import Sink, Source, run
+
+from mls_graphs import conv_graph, mlp_graph
+
+
+def layer_golden(plan, layer, a: np.ndarray) -> np.ndarray:
+    """One MLS layer of compiler.golden.run_mls on integer frames ``a`` (B, *in_shape):
+    quantize_int per sample, the integer dot products, golden.mls_requant."""
+    wc, fmt = plan.weight_codes(layer), plan.format(layer)
+    accs, smax = [], []
+    for i in range(a.shape[0]):
+        xc = mls.quantize_int(a[i:i + 1], fmt)
+        if layer["kind"] == "mls_conv":
+            r = mls.mls_conv2d(wc, xc, stride=layer["stride"], padding=layer["padding"])
+        elif len(wc.shape) == 2:
+            r = mls.mls_linear(wc, xc)
+        else:
+            r = mls.mls_conv2d(wc, xc)
+        accs.append(r.acc[0].reshape(-1))
+        smax.append(xc.tensor_scale)
+    acc = np.stack(accs).reshape((a.shape[0],) + tuple(layer["out_shape"]))
+    return golden.mls_requant(layer, acc, smax).reshape(a.shape[0], -1)
+
+
+def worst_frames(plan, layer) -> np.ndarray:
+    """Frames that push the stage to its corners: every element at the input bound ``m`` with
+    the signs of the first / last weight row (the largest dot accumulators), every element at
+    ``-m``, one element at ``m`` and the rest at the largest element of a finer group
+    (mantissa all ones, ``g > 0``), all zero (``S = 1``), a single 1."""
+    rq = layer["requant"]
+    m = int(rq["in_max_int"])
+    shape = tuple(layer["in_shape"])
+    k = int(np.prod(shape))
+    wc = plan.weight_codes(layer)
+    sw = np.where(wc.sign.reshape(wc.shape[0], -1) == 1, -1, 1)
+    fmt = plan.format(layer)
+    frames = []
+    if sw.shape[1] == k:
+        frames += [m * sw[0], m * sw[-1]]
+    frames += [np.full(k, m), np.full(k, -m)]
+    fine = np.full(k, (m * ((1 << (fmt.mantissa_bits + 1)) - 1)) >> (fmt.mantissa_bits + 1))
+    fine[0] = m
+    frames += [fine, np.zeros(k, np.int64), np.eye(1, k, k // 2, dtype=np.int64)[0]]
+    return np.stack(frames).astype(np.int64).reshape((-1,) + shape)
+
+
+def run_stage(spec, frames, seed=0, gap=0.3, stall=0.3):
+    """The stage on integer frames under back-pressure; returns the outputs (B, out_elems)."""
+    dut = spec.create()
+    mask = (1 << spec.in_bits) - 1
+    src = Source(dut.i, [int(v) & mask for v in np.asarray(frames).reshape(-1)], gap=gap)
+    snk = Sink(dut.o, len(frames) * spec.out_elems, stall=stall)
+    run(dut, [src], [snk], seed=seed, settle=16)
+    return np.array(snk.beats, np.int64).reshape(len(frames), -1)
+
+
+def check_plan(plan, path, x, lanes=None, seed=0):
+    assert verify_mls(plan, path, n=8)["ok"]
+    env = golden.run_mls(plan, x)
+    ran = 0
+    for layer in plan.layers:
+        if not layer["kind"].startswith("mls_"):
+            continue
+        spec = MLSLayerSpec(plan, layer, lanes=lanes)
+        a = env[layer["input"] + ".int"]
+        frames = np.concatenate([a, worst_frames(plan, layer)])
+        want = np.concatenate([env[layer["output"] + ".int"].reshape(len(a), -1), layer_golden(plan, layer, frames[len(a):])])
+        assert np.array_equal(layer_golden(plan, layer, a), want[:len(a)])       # the helper is run_mls's layer
+        got = run_stage(spec, frames, seed=seed)
+        bad = np.argwhere(got != want)
+        assert not len(bad), (f"layer {layer['name']}: {len(bad)} outputs differ, first frame {bad[0][0]} output "
+                              f"{bad[0][1]}: got {got[tuple(bad[0])]}, golden {want[tuple(bad[0])]}")
+        ran += 1
+    return ran
+
+
+@pytest.mark.parametrize("fmt,sizes,lanes", [
+    (MLSFormat(1, 2, 4, 2), [10, 7, 5], None),          # short last group, lanes = G
+    (MLSFormat(4, 2, 4, 2), [9, 6, 3], 2),              # 4M2E, two lane chunks per group
+    (MLSFormat(2, 3, 3, 1), [8, 5, 4], 1),              # G = 3, one lane, Eg = 1
+])
+def test_matvec_stage_matches_golden(tmp_path, fmt, sizes, lanes):
+    path = mlp_graph(tmp_path / "m.onnx", sizes, fmt, seed=sizes[0])
+    plan = lower_mls(path)
+    x = (np.random.default_rng(1).integers(0, 32, (4, sizes[0])) / 16).astype(np.float32)
+    assert check_plan(plan, path, x, lanes=lanes) == len(sizes) - 1
+
+
+@pytest.mark.parametrize("c,hw,n,stride,pad,lanes", [(3, 5, 4, 1, 1, None), (6, 6, 3, 2, 1, 2)])
+def test_conv_stage_matches_golden(tmp_path, c, hw, n, stride, pad, lanes):
+    fmt = MLSFormat(1, 2, 4, 2)
+    path = conv_graph(tmp_path / "c.onnx", c, hw, n, 3, fmt, stride=stride, pad=pad, seed=c)
+    plan = lower_mls(path)
+    x = (np.random.default_rng(2).integers(0, 32, (2, c, hw, hw)) / 16).astype(np.float32)
+    assert check_plan(plan, path, x, lanes=lanes) == 2
+
+
+def test_stage_throughput_without_back_pressure(tmp_path):
+    """With no gaps or stalls a frame takes its fill plus one cycle per dot step (plus the
+    pipeline drain): the FIFO credit never throttles a stage whose output is always taken."""
+    fmt = MLSFormat(1, 2, 4, 2)
+    path = mlp_graph(tmp_path / "m.onnx", [16, 8], fmt)
+    plan = lower_mls(path)
+    spec = MLSLayerSpec(plan, plan.layers[0])
+    frames = np.random.default_rng(0).integers(0, 32, (6, 16))
+    dut = spec.create()
+    src = Source(dut.i, [int(v) for v in frames.reshape(-1)])
+    snk = Sink(dut.o, 6 * spec.out_elems)
+    run(dut, [src], [snk], settle=16)
+    assert np.array_equal(np.array(snk.beats).reshape(6, -1), layer_golden(plan, plan.layers[0], frames))
+    per_frame = np.diff(np.array(snk.times)[spec.out_elems - 1::spec.out_elems])
+    assert spec.cycles_per_frame <= per_frame.min() and per_frame.max() <= spec.cycles_per_frame + 12, per_frame
+
+
+def test_stage_rejects_other_layers(tmp_path):
+    path = conv_graph(tmp_path / "c.onnx", 2, 4, 2, 2, MLSFormat())
+    plan = lower_mls(path)
+    with pytest.raises(ValueError, match="not mls_matvec or mls_conv"):
+        MLSLayerSpec(plan, {"name": "p", "kind": "maxpool"})
+    with pytest.raises(ValueError, match="lanes must divide"):
+        MLSLayerSpec(plan, plan.layers[0], lanes=3)
+
+
+def test_plan_weight_codes_decode_to_the_quantized_weights(tmp_path):
+    """The plan stores codes as int8; decoding them must not wrap (a 4M2E element is up to
+    31 << 3): the static output bound of the requantization depends on it."""
+    import onnx
+    from onnx import numpy_helper
+
+    fmt = MLSFormat(4, 3, 4, 2)
+    path = mlp_graph(tmp_path / "m.onnx", [12, 6], fmt)
+    plan = lower_mls(path)
+    w = numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0])
+    assert np.array_equal(mls.dequantize(plan.weight_codes(plan.layers[0])).astype(np.float32), mls.fake_quantize(w, fmt))
