@@ -18,13 +18,15 @@ the weight codes in a ROM, the integer requantization and an output FIFO with ba
 """
 from __future__ import annotations
 
+import numpy as np
 from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from accumulus.compiler.mls import MLSFormat
 
-__all__ = ["MLSGroupExponent", "MLSElementEncoder"]
+__all__ = ["MLSGroupExponent", "MLSElementEncoder", "MLSLayerSpec", "MLSLayer", "MLSMaxPoolSpec", "MLSMaxPool",
+           "MLSTopSpec", "MLSTop"]
 
 
 def _check(fmt, width):
@@ -518,4 +520,191 @@ class MLSLayer(wiring.Component):
         with m.Else():
             with m.If((inflight == 0) & ~v1 & ~v2):
                 m.d.sync += phase.eq(FILL)
+        return m
+
+
+# -- max-pooling between MLS layers ---------------------------------------------------------
+class MLSMaxPoolSpec:
+    """A plan ``maxpool`` layer of an MLS plan on a ``(C, H, W)``-ordered stream, one element
+    per beat, window = stride (non-overlapping windows; rows and columns past the last
+    whole window are dropped, as ONNX MaxPool without padding does)."""
+
+    def __init__(self, plan, layer: dict):
+        (kh, kw), (sh, sw) = layer["kernel"], layer["stride"]
+        if not (kh == kw == sh == sw):
+            raise ValueError(f"MLS max-pool '{layer['name']}': the hardware takes square windows equal to the "
+                             f"stride, got kernel {layer['kernel']} stride {layer['stride']}")
+        self.name, self.layer = layer["name"], layer
+        self.k = int(kh)
+        self.c, self.h, self.w = (int(v) for v in layer["in_shape"])
+        self.oh, self.ow = (self.h - self.k) // self.k + 1, (self.w - self.k) // self.k + 1
+        self.bits = int(plan.doc["tensors"][layer["input"]]["bits"])
+        self.in_bits = self.out_bits = self.bits
+        self.frame_elems = self.c * self.h * self.w
+        self.out_elems = self.c * self.oh * self.ow
+
+    @property
+    def cycles_per_frame(self) -> int:
+        return self.frame_elems
+
+    def info(self) -> dict:
+        return {"layer": self.name, "kind": "maxpool", "in_shape": [self.c, self.h, self.w], "kernel": self.k,
+                "outputs": self.out_elems, "in_bits": self.bits, "out_bits": self.bits,
+                "cycles_per_frame": self.cycles_per_frame}
+
+    def create(self) -> "MLSMaxPool":
+        return MLSMaxPool(self)
+
+
+class MLSMaxPool(wiring.Component):
+    """See :class:`MLSMaxPoolSpec`. One row of window maxima (``OW`` registers); a beat that
+    completes a window passes straight through to ``o`` (``i.ready`` follows ``o.ready``)."""
+
+    def __init__(self, spec: MLSMaxPoolSpec):
+        from amaranth.hdl import signed
+        from amaranth.lib import stream
+
+        self.spec = spec
+        super().__init__({"i": In(stream.Signature(signed(spec.bits))), "o": Out(stream.Signature(signed(spec.bits)))})
+
+    def elaborate(self, platform):
+        from amaranth.hdl import Array, Mux, signed
+
+        m = Module()
+        s = self.spec
+        k = s.k
+        acc = Array(Signal(signed(s.bits), name=f"row_max{j}") for j in range(s.ow))
+        x, y = Signal(range(s.w)), Signal(range(s.h))
+        kx, ky = Signal(range(k)), Signal(range(k))
+        ox = Signal(range(s.ow + 1))
+        oy = Signal(range(s.oh + 1))
+        inside = Signal()
+        m.d.comb += inside.eq((ox < s.ow) & (oy < s.oh))
+        v = self.i.payload
+        first = (kx == 0) & (ky == 0)
+        cur = Signal(signed(s.bits))
+        m.d.comb += cur.eq(Mux(first | (v > acc[ox]), v, acc[ox]))
+        completes = Signal()
+        m.d.comb += completes.eq(inside & (kx == k - 1) & (ky == k - 1))
+        m.d.comb += [self.o.payload.eq(cur), self.o.valid.eq(self.i.valid & completes),
+                     self.i.ready.eq(~completes | self.o.ready)]
+        with m.If(self.i.valid & self.i.ready):
+            with m.If(inside & ~completes):
+                m.d.sync += acc[ox].eq(cur)
+            with m.If(x == s.w - 1):
+                m.d.sync += [x.eq(0), kx.eq(0), ox.eq(0)]
+                with m.If(y == s.h - 1):
+                    m.d.sync += [y.eq(0), ky.eq(0), oy.eq(0)]
+                with m.Else():
+                    m.d.sync += y.eq(y + 1)
+                    with m.If(ky == k - 1):
+                        m.d.sync += [ky.eq(0), oy.eq(oy + 1)]
+                    with m.Else():
+                        m.d.sync += ky.eq(ky + 1)
+            with m.Else():
+                m.d.sync += x.eq(x + 1)
+                with m.If(kx == k - 1):
+                    m.d.sync += [kx.eq(0), ox.eq(ox + 1)]
+                with m.Else():
+                    m.d.sync += kx.eq(kx + 1)
+        return m
+
+
+# -- the whole MLS plan -----------------------------------------------------------------------
+def _beat_bytes(bits: int) -> int:
+    return -(-bits // 8)
+
+
+class MLSTopSpec:
+    """The stages of an MLS plan, in order, behind AXI-Stream ports (one element per beat).
+
+    ``flatten`` layers are free (every stream is in the ONNX ``(C, H, W)`` order already);
+    ``maxpool`` layers are :class:`MLSMaxPool`; ``mls_matvec`` / ``mls_conv`` layers are
+    :class:`MLSLayer`. The plan must be a chain (each layer reads the previous one's output).
+
+    Ports of :class:`MLSTop`: ``s_axis_tdata`` (the graph input codes, ``in_bits`` wide,
+    zero- or sign-extended into the first stage, the beat padded to whole bytes),
+    ``s_axis_tvalid/tready/tlast`` (tlast ignored), ``m_axis_tdata`` (the final layer's
+    ``out_bits`` signed integers ``Y``; logits ``= Y * scale``), ``m_axis_tvalid/tready/tlast``
+    (tlast on a frame's last element).
+    """
+
+    def __init__(self, plan, lanes: int | None = None):
+        doc = plan.doc
+        self.plan = plan
+        spec = doc["input"]
+        self.in_bits = int(spec["bits"])
+        self.in_signed = bool(spec["signed"])
+        self.in_elems = int(np.prod(spec["shape"]))
+        self.stages = []
+        cur = spec["name"]
+        for layer in plan.layers:
+            if layer["input"] != cur:
+                raise ValueError(f"MLS layer '{layer['name']}' reads '{layer['input']}', not the previous layer's "
+                                 f"output '{cur}': the MLS hardware takes a chain of layers")
+            cur = layer["output"]
+            if layer["kind"] == "flatten":
+                continue
+            if layer["kind"] == "maxpool":
+                self.stages.append(MLSMaxPoolSpec(plan, layer))
+            else:
+                self.stages.append(MLSLayerSpec(plan, layer, lanes=lanes))
+        if not self.stages or not isinstance(self.stages[-1], MLSLayerSpec):
+            raise ValueError("an MLS plan for hardware must end with an MLS layer (matvec / conv)")
+        if cur != doc["output"]:
+            raise ValueError(f"the MLS plan's output '{doc['output']}' is not its last layer's output '{cur}'")
+        self.out_bits = self.stages[-1].out_bits
+        self.out_elems = self.stages[-1].out_elems
+        self.out_scale = float(doc["tensors"][doc["output"]]["scale"])
+
+    @property
+    def cycles_per_frame(self) -> int:
+        """The slowest stage's cycles per frame (stages overlap on consecutive frames)."""
+        return max(s.cycles_per_frame for s in self.stages)
+
+    def packing(self) -> dict:
+        return {"input": {"elements_per_beat": 1, "element_bits": self.in_bits, "signed": self.in_signed,
+                          "beat_bytes": _beat_bytes(self.in_bits), "frame_elements": self.in_elems},
+                "output": {"elements_per_beat": 1, "element_bits": self.out_bits, "signed": True,
+                           "beat_bytes": _beat_bytes(self.out_bits), "frame_elements": self.out_elems,
+                           "scale": self.out_scale}}
+
+    def create(self) -> "MLSTop":
+        return MLSTop(self)
+
+
+class MLSTop(wiring.Component):
+    """See :class:`MLSTopSpec`."""
+
+    def __init__(self, spec: MLSTopSpec):
+        self.spec = spec
+        ib, ob = 8 * _beat_bytes(spec.in_bits), 8 * _beat_bytes(spec.out_bits)
+        super().__init__({"s_axis_tdata": In(ib), "s_axis_tvalid": In(1), "s_axis_tready": Out(1),
+                          "s_axis_tlast": In(1),
+                          "m_axis_tdata": Out(ob), "m_axis_tvalid": Out(1), "m_axis_tready": In(1),
+                          "m_axis_tlast": Out(1)})
+
+    def elaborate(self, platform):
+        from amaranth.hdl import signed
+
+        m = Module()
+        s = self.spec
+        units = []
+        for k, st in enumerate(s.stages):
+            u = st.create()
+            m.submodules[f"s{k}_{st.name}"] = u
+            units.append(u)
+        raw = self.s_axis_tdata[:s.in_bits]
+        x = Signal(signed(s.in_bits + 1))
+        m.d.comb += x.eq(raw.as_signed() if s.in_signed else raw)
+        first = units[0].i
+        m.d.comb += [first.payload.eq(x), first.valid.eq(self.s_axis_tvalid), self.s_axis_tready.eq(first.ready)]
+        for a, b in zip(units[:-1], units[1:]):
+            m.d.comb += [b.i.payload.eq(a.o.payload), b.i.valid.eq(a.o.valid), a.o.ready.eq(b.i.ready)]
+        last = units[-1].o
+        count = Signal(range(s.out_elems))
+        m.d.comb += [self.m_axis_tdata.eq(last.payload.as_signed()), self.m_axis_tvalid.eq(last.valid),
+                     last.ready.eq(self.m_axis_tready), self.m_axis_tlast.eq(count == s.out_elems - 1)]
+        with m.If(last.valid & self.m_axis_tready):
+            m.d.sync += count.eq(Mux(count == s.out_elems - 1, 0, count + 1))
         return m

@@ -55,12 +55,14 @@ def mlp_graph(path, sizes, fmt: MLSFormat, seed: int = 0, bn: bool = True, in_bi
 
 
 def conv_graph(path, c: int, hw: int, n: int, classes: int, fmt: MLSFormat, stride: int = 1, pad: int = 1,
-               k: int = 3, seed: int = 0, in_bits: int = 5, in_scale: float = 1 / 16):
-    """An MLS CNN: Conv(k, stride, pad) + BatchNormalization + Relu, then a Gemm over the
-    unflattened feature map (its weight a Reshape of an ``(classes, n, OH, OW)`` weight, as
-    quant/export.py writes the classifier). Returns ``path``."""
+               k: int = 3, seed: int = 0, in_bits: int = 5, in_scale: float = 1 / 16, pool: int = 0):
+    """An MLS CNN: Conv(k, stride, pad) + BatchNormalization + Relu (+ MaxPool(pool) when
+    ``pool``), then a Gemm over the unflattened feature map (its weight a Reshape of an
+    ``(classes, n, OH, OW)`` weight, as quant/export.py writes the classifier). Returns ``path``."""
     rng = np.random.default_rng(seed)
     oh = (hw + 2 * pad - k) // stride + 1
+    if pool:
+        oh = (oh - pool) // pool + 1
     w0 = (rng.standard_normal((n, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32)
     w1 = (rng.standard_normal((classes, n, oh, oh)) / np.sqrt(n * oh * oh)).astype(np.float32)
     inits = [numpy_helper.from_array(w0, "w0"), numpy_helper.from_array(w1, "w1"),
@@ -72,8 +74,11 @@ def conv_graph(path, c: int, hw: int, n: int, classes: int, fmt: MLSFormat, stri
              helper.make_node("Conv", ["x0q", "w0q"], ["c0"], name="conv0", kernel_shape=[k, k],
                               pads=[pad] * 4, strides=[stride] * 2),
              helper.make_node("BatchNormalization", ["c0"] + [f"bn{key}" for key in "sbmv"], ["n0"], name="bn0"),
-             helper.make_node("Relu", ["n0"], ["r0"], name="relu0"),
-             _q("qx1", "r0", "x1q", fmt, 1),
+             helper.make_node("Relu", ["n0"], ["r0"], name="relu0")]
+    if pool:
+        nodes.append(helper.make_node("MaxPool", ["r0"], ["p0"], name="pool0", kernel_shape=[pool, pool],
+                                      strides=[pool, pool]))
+    nodes += [_q("qx1", "p0" if pool else "r0", "x1q", fmt, 1),
              helper.make_node("Flatten", ["x1q"], ["f1"], name="flat1"),
              _q("qw1", "w1", "w1q", fmt, 0),
              helper.make_node("Reshape", ["w1q", "shape1"], ["w1r"], name="reshape1"),

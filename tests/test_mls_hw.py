@@ -146,3 +146,44 @@ def test_plan_weight_codes_decode_to_the_quantized_weights(tmp_path):
     plan = lower_mls(path)
     w = numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0])
     assert np.array_equal(mls.dequantize(plan.weight_codes(plan.layers[0])).astype(np.float32), mls.fake_quantize(w, fmt))
+
+
+def run_top(spec, codes, seed=0, gap=0.3, stall=0.3):
+    """The MLSTop through its AXI-Stream ports; returns (outputs (B, out_elems), tlast flags)."""
+    from accumulus.hw.simstream import _Port
+
+    top = spec.create()
+    codes = np.asarray(codes).reshape(len(codes), -1)
+    src = Source(_Port(top.s_axis_tdata, top.s_axis_tvalid, top.s_axis_tready),
+                 [int(v) & ((1 << spec.in_bits) - 1) for v in codes.reshape(-1)], gap=gap)
+    snk = Sink(_Port(top.m_axis_tdata, top.m_axis_tvalid, top.m_axis_tready), len(codes) * spec.out_elems,
+               stall=stall, extra=(top.m_axis_tlast,))
+    run(top, [src], [snk], seed=seed, settle=16)
+    w = len(top.m_axis_tdata)
+    out = np.array([v - (1 << w) if v >> (w - 1) else v for v in snk.beats], np.int64).reshape(len(codes), -1)
+    return out, np.array([e[0] for e in snk.extras]).reshape(len(codes), -1)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn-pool"])
+def test_top_runs_the_whole_plan_as_golden(tmp_path, kind):
+    """MLSTop (every stage chained, max-pool between them) against compiler.golden.run_mls's
+    final integers, with input gaps and output stalls; tlast on each frame's last beat."""
+    from accumulus.hw.mls_top import MLSTopSpec
+
+    fmt = MLSFormat(1, 2, 4, 2)
+    if kind == "mlp":
+        path, shape = mlp_graph(tmp_path / "t.onnx", [12, 9, 6, 4], fmt), (12,)
+    else:
+        path, shape = conv_graph(tmp_path / "t.onnx", 2, 7, 3, 3, fmt, pool=2), (2, 7, 7)   # 7x7 -> 3x3: a row dropped
+    plan = lower_mls(path)
+    assert "maxpool" in [l["kind"] for l in plan.layers] or kind == "mlp"
+    assert verify_mls(plan, path, n=8)["ok"]
+    rng = np.random.default_rng(4)
+    x = (rng.integers(0, 32, (4,) + shape) / 16).astype(np.float32)
+    x[0] = 31 / 16                                          # every pixel at the top code
+    x[1] = 0                                                # all zero: S = 1 in the first layer
+    env = golden.run_mls(plan, x)
+    spec = MLSTopSpec(plan)
+    got, last = run_top(spec, golden.mls_input_codes(plan, x), seed=5)
+    assert np.array_equal(got, env[plan.doc["output"] + ".int"])
+    assert np.array_equal(last, np.eye(1, spec.out_elems, spec.out_elems - 1, dtype=int).repeat(len(x), 0))
