@@ -105,3 +105,26 @@ def test_cosim_verilator_bit_exact_under_backpressure(tmp_path):
     np.save(proj / "x.npy", x.astype(np.float32))
     rc, res = _sim(proj, "--simulator", "verilator", "--stimulus", str(proj / "x.npy"), "--engines")
     assert rc == 0 and res["passed"] and len(res["runs"]) == 4, res
+
+
+@pytest.mark.slow
+def test_flow_mls_example_end_to_end(tmp_path, capsys):
+    """examples/flow_mls.toml: train (digits-mlp, --quant mls) -> export -> compile -> build ->
+    sim (Icarus, back-pressure 0.3, test images) -> report, through 'accumulus flow'."""
+    from pathlib import Path
+
+    require_tool("iverilog")
+    cfg = Path(__file__).resolve().parent.parent / "examples" / "flow_mls.toml"
+    out = tmp_path / "mls"
+    assert main(["flow", "--config", str(cfg), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["format"] == "accumulus-mls-plan" and plan["verification"]["ok"]    # golden == onnx.reference
+    res = json.loads((out / "sim" / "results.json").read_text())
+    assert res["passed"] and res["mismatches"] == 0 and res["frames"] == 50 + res["runs"][0]["measure_frames"]
+    assert res["runs"][0]["stimulus"] == "test split of 'digits'"
+    assert (out / "reports" / "report.md").is_file()
+    assert "co-simulation icarus: 58 frames bit-exact" in text and "MLS layers" in text
+    # unchanged inputs: a second run skips every stage
+    assert main(["flow", "--config", str(cfg), "--out", str(out)]) == 0
+    assert "skipped" in capsys.readouterr().out
