@@ -228,10 +228,14 @@ class MLSLayerSpec:
         self.rom_words = words
         self.rom_bits = L * self.lane_bits + fmt.group_bits
 
+    pipeline = 8
+    """Cycles from a frame's last dot step until its buffer is free again."""
+
     @property
     def cycles_per_frame(self) -> int:
-        """Fill, then one dot step per cycle for every output (no stalls)."""
-        return self.frame_elems + self.out_elems * self.dot.steps_per_dot
+        """Steady state, no stalls: the frame buffers are double, so a frame takes the longer of
+        its fill (one element per cycle) and its dot steps (one per cycle) plus the drain."""
+        return max(self.frame_elems, self.out_elems * self.dot.steps_per_dot + self.pipeline)
 
     def info(self) -> dict:
         return {"layer": self.name, "kind": self.layer["kind"], "format": self.fmt.name, "lanes": self.lanes,
@@ -256,10 +260,12 @@ class MLSLayer(wiring.Component):
     o : Out(stream.Signature(signed(out_bits)))
         ``Y`` in ``(N, OH, OW)`` order.
 
-    Phases: FILL (take ``C*H*W`` elements: bank ``ch % lanes`` of the frame buffer, running
-    ``max|x|`` and group maxima), COMPUTE (one dot step per cycle; a dot product starts only
-    while the output FIFO has room for it, so a stalled output never loses a result), WAIT
-    (until every started dot product is in the FIFO), then FILL again. Pipeline of a step:
+    Two frame buffers (ping-pong) decouple the two sides. The writer takes ``C*H*W``
+    elements into the free buffer (bank ``ch % lanes``, running ``max|x|`` and group maxima)
+    while ``i.ready`` is high. The compute side takes a full buffer: COMPUTE (one dot step per
+    cycle; a dot product starts only while the output FIFO has room for it, so a stalled
+    output never loses a result), WAIT (until every started dot product is in the FIFO),
+    then frees the buffer. Pipeline of a step:
     buffer and ROM read (1 cycle), encode (1 cycle, registered), the dot engine
     (``MLSDotSpec.latency``), then ``T * S`` (1), ``* A_n`` (1), rounding shift, ``+ B_n``
     and ReLU into the FIFO (1).
@@ -292,7 +298,7 @@ class MLSLayer(wiring.Component):
         # ---- frame buffer: bank l holds channels ch % L == l at ((ch // L) * H + y) * W + x
         banks = []
         for l in range(L):
-            mem = Memory(shape=signed(s.in_bits), depth=s.bank_depth, init=[])
+            mem = Memory(shape=signed(s.in_bits), depth=2 * s.bank_depth, init=[])   # two frames
             m.submodules[f"bank{l}"] = mem
             banks.append((mem.write_port(), mem.read_port(transparent_for=())))
         rom = Memory(shape=unsigned(s.rom_bits), depth=len(s.rom_words), init=s.rom_words)
@@ -303,13 +309,18 @@ class MLSLayer(wiring.Component):
         m.submodules.abrom = abrom
         ab_rd = abrom.read_port(transparent_for=())
 
+        # two frame buffers (ping-pong): the writer fills buffer ``wsel`` while the dot
+        # products read buffer ``rsel``; each has its group maxima and its S, held until every
+        # dot product of its frame has been requantized (WAIT), then the buffer is free again
         smax = Signal(unsigned(mag_bits))                      # running max|x| of the frame
-        gmax = Array(Signal(unsigned(mag_bits), name=f"gmax{j}") for j in range(s.groups))
-        # S of the frame being computed; it holds until the next frame is buffered, after
-        # every dot product of this one has been requantized (WAIT)
+        gmax = Array(Signal(unsigned(mag_bits), name=f"gmax{b}_{j}") for b in range(2) for j in range(s.groups))
+        s_buf = Array(Signal(unsigned(mag_bits), name=f"s_buf{b}") for b in range(2))
+        full = Array(Signal(name=f"full{b}") for b in range(2))
+        wsel, rsel = Signal(), Signal()
         s_frame = Signal(unsigned(mag_bits))
+        m.d.comb += s_frame.eq(s_buf[rsel])
 
-        # ---- FILL: counters over (chunk, lane, pixel) and the group of the element
+        # ---- writer counters over (chunk, lane, pixel) and the group of the element
         w_lane = Signal(range(L))
         w_chunk = Signal(range(max(s.groups * s.chunks, 1)))
         w_pix = Signal(range(max(HW, 1)))
@@ -320,11 +331,11 @@ class MLSLayer(wiring.Component):
         mag_in = Signal(unsigned(mag_bits))
         m.d.comb += mag_in.eq(Mux(x_in < 0, -x_in, x_in))
 
-        phase = Signal(2)                                      # 0 FILL, 1 COMPUTE, 2 WAIT
-        FILL, COMPUTE, WAIT = 0, 1, 2
-        m.d.comb += self.i.ready.eq(phase == FILL)
-        wr_addr = Signal(range(s.bank_depth))
-        m.d.comb += wr_addr.eq(w_chunk * HW + w_pix)
+        phase = Signal(2)                                      # compute side: 0 IDLE, 1 COMPUTE, 2 WAIT
+        IDLE, COMPUTE, WAIT = 0, 1, 2
+        m.d.comb += self.i.ready.eq(~full[wsel])
+        wr_addr = Signal(range(2 * s.bank_depth))
+        m.d.comb += wr_addr.eq(wsel * s.bank_depth + w_chunk * HW + w_pix)
         for l, (wp, _) in enumerate(banks):
             m.d.comb += [wp.addr.eq(wr_addr), wp.data.eq(x_in),
                          wp.en.eq(self.i.valid & self.i.ready & (w_lane == l))]
@@ -362,8 +373,8 @@ class MLSLayer(wiring.Component):
         m.d.comb += [iy.eq(coy * s.stride + cky - s.pad), ix.eq(cox * s.stride + ckx - s.pad)]
         inside = Signal()
         m.d.comb += inside.eq((iy >= 0) & (iy < s.h) & (ix >= 0) & (ix < s.w))
-        rd_addr = Signal(range(s.bank_depth))
-        m.d.comb += rd_addr.eq((cj * s.chunks + cc) * HW + Mux(inside, iy * s.w + ix, 0))
+        rd_addr = Signal(range(2 * s.bank_depth))
+        m.d.comb += rd_addr.eq(rsel * s.bank_depth + (cj * s.chunks + cc) * HW + Mux(inside, iy * s.w + ix, 0))
         lane_ok = []
         for l, (_, rp) in enumerate(banks):
             ok = Signal(name=f"lane_ok{l}")
@@ -379,7 +390,7 @@ class MLSLayer(wiring.Component):
         m.d.sync += [v1.eq(issue), ok1.eq(Cat(*lane_ok)), j1.eq(cj)]
 
         m.submodules.gexp = gexp = MLSGroupExponent(f, mag_bits)
-        m.d.comb += [gexp.gmax.eq(gmax[j1]), gexp.s.eq(s_frame)]
+        m.d.comb += [gexp.gmax.eq(gmax[rsel * s.groups + j1]), gexp.s.eq(s_frame)]
         enc_out = {k: [] for k in ("sign", "exp", "man", "zero")}
         for l, (_, rp) in enumerate(banks):
             enc = MLSElementEncoder(f, mag_bits)
@@ -460,35 +471,39 @@ class MLSLayer(wiring.Component):
         m.d.comb += [self.o.payload.eq(ofifo.r_data), self.o.valid.eq(ofifo.r_rdy), ofifo.r_en.eq(self.o.ready)]
         m.d.sync += inflight.eq(inflight + started - pushed)
 
-        # ---- phase control
-        with m.If(phase == FILL):
-            with m.If(self.i.valid):
-                first = w_count == 0
-                m.d.sync += smax.eq(Mux(first | (mag_in > smax), mag_in, smax))
-                m.d.sync += gmax[w_grp].eq(Mux(w_gfirst | (mag_in > gmax[w_grp]), mag_in, gmax[w_grp]))
-                # advance (ch, pixel): pixel fastest, then the lane, then the chunk
-                ch_done = w_pix == HW - 1
-                with m.If(ch_done):
-                    m.d.sync += w_pix.eq(0)
-                    with m.If(w_lane == L - 1):
-                        m.d.sync += [w_lane.eq(0), w_chunk.eq(w_chunk + 1)]
-                    with m.Else():
-                        m.d.sync += w_lane.eq(w_lane + 1)
+        # ---- writer: fill buffer wsel
+        with m.If(self.i.valid & self.i.ready):
+            first = w_count == 0
+            gcur = gmax[wsel * s.groups + w_grp]
+            m.d.sync += smax.eq(Mux(first | (mag_in > smax), mag_in, smax))
+            m.d.sync += gcur.eq(Mux(w_gfirst | (mag_in > gcur), mag_in, gcur))
+            # advance (ch, pixel): pixel fastest, then the lane, then the chunk
+            ch_done = w_pix == HW - 1
+            with m.If(ch_done):
+                m.d.sync += w_pix.eq(0)
+                with m.If(w_lane == L - 1):
+                    m.d.sync += [w_lane.eq(0), w_chunk.eq(w_chunk + 1)]
                 with m.Else():
-                    m.d.sync += w_pix.eq(w_pix + 1)
-                # the group of the next element (G channels of HW pixels)
-                gcount = Signal(range(G * HW), name="w_gcount")
-                with m.If(gcount == G * HW - 1):
-                    m.d.sync += [gcount.eq(0), w_grp.eq(w_grp + 1), w_gfirst.eq(1)]
-                with m.Else():
-                    m.d.sync += [gcount.eq(gcount + 1), w_gfirst.eq(0)]
-                with m.If(w_count == s.frame_elems - 1):
-                    newmax = Mux(mag_in > smax, mag_in, smax)
-                    m.d.sync += [phase.eq(COMPUTE), w_count.eq(0), w_pix.eq(0), w_lane.eq(0), w_chunk.eq(0),
-                                 w_grp.eq(0), w_gfirst.eq(1), gcount.eq(0),
-                                 s_frame.eq(Mux(newmax == 0, 1, newmax))]
-                with m.Else():
-                    m.d.sync += w_count.eq(w_count + 1)
+                    m.d.sync += w_lane.eq(w_lane + 1)
+            with m.Else():
+                m.d.sync += w_pix.eq(w_pix + 1)
+            # the group of the next element (G channels of HW pixels)
+            gcount = Signal(range(G * HW), name="w_gcount")
+            with m.If(gcount == G * HW - 1):
+                m.d.sync += [gcount.eq(0), w_grp.eq(w_grp + 1), w_gfirst.eq(1)]
+            with m.Else():
+                m.d.sync += [gcount.eq(gcount + 1), w_gfirst.eq(0)]
+            with m.If(w_count == s.frame_elems - 1):
+                newmax = Mux(first | (mag_in > smax), mag_in, smax)
+                m.d.sync += [full[wsel].eq(1), wsel.eq(~wsel), w_count.eq(0), w_pix.eq(0), w_lane.eq(0),
+                             w_chunk.eq(0), w_grp.eq(0), w_gfirst.eq(1), gcount.eq(0),
+                             s_buf[wsel].eq(Mux(newmax == 0, 1, newmax))]
+            with m.Else():
+                m.d.sync += w_count.eq(w_count + 1)
+        # ---- compute side: read buffer rsel
+        with m.If(phase == IDLE):
+            with m.If(full[rsel]):
+                m.d.sync += phase.eq(COMPUTE)
         with m.Elif(phase == COMPUTE):
             with m.If(issue):
                 # innermost chunk, then kx, ky, group; then ox, oy, n
@@ -519,7 +534,7 @@ class MLSLayer(wiring.Component):
                     m.d.sync += wstep.eq(wbase)                              # same weights, next pixel
         with m.Else():
             with m.If((inflight == 0) & ~v1 & ~v2):
-                m.d.sync += phase.eq(FILL)
+                m.d.sync += [phase.eq(IDLE), full[rsel].eq(0), rsel.eq(~rsel)]
         return m
 
 
