@@ -69,11 +69,8 @@ def test_cosim_icarus_bit_exact_with_worst_case_and_detects_a_wrong_golden(tmp_p
     rc, res = _sim(proj, "--frames", "12", "--backpressure", "0.3")
     assert rc == 0 and res["passed"] and res["mismatches"] == 0 and res["frames_missing"] == 0, res
     assert res["frames"] == 12 + res["runs"][0]["measure_frames"]
-    # single-buffered stages: a frame takes at least the slowest stage (the estimate) and at
-    # most every stage one after the other
-    build = json.loads((proj / "rtl" / "build.json").read_text())
-    serial = sum(l["cycles_per_frame"] for l in build["layers"]) + 16 * len(build["layers"])
-    assert res["cycles_per_frame_estimate"] <= res["cycles_per_frame"] <= serial, res
+    # double-buffered stages overlap: a frame takes the slowest stage's cycles (the estimate)
+    assert res["cycles_per_frame_error"] is not None and res["cycles_per_frame_error"] <= 0.02, res
     rc, res = _sim(proj, "--stimulus", "worst", "--backpressure", "0.3", "--seed", "1")
     assert rc == 0 and res["passed"], res
     designs = {r["design"] for r in res["runs"]}
