@@ -243,7 +243,7 @@ class MLSLayerSpec:
                 "padding": self.pad, "outputs": self.out_elems, "in_bits": self.in_bits, "out_bits": self.out_bits,
                 "group_acc_bits": self.dot.group_acc_bits, "dot_acc_bits": self.dot.acc_bits,
                 "requant_product_bits": self.dot.acc_bits + self.in_bits + 1 + self.a_bits,
-                "frame_buffer_bits": self.frame_elems * self.in_bits, "weight_rom_bits": len(self.rom_words) * self.rom_bits,
+                "frame_buffer_bits": 2 * self.frame_elems * self.in_bits, "weight_rom_bits": len(self.rom_words) * self.rom_bits,
                 "cycles_per_frame": self.cycles_per_frame}
 
     def create(self) -> "MLSLayer":
