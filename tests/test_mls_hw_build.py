@@ -125,3 +125,21 @@ def test_flow_mls_example_end_to_end(tmp_path, capsys):
     # unchanged inputs: a second run skips every stage
     assert main(["flow", "--config", str(cfg), "--out", str(out)]) == 0
     assert "skipped" in capsys.readouterr().out
+
+
+def test_sim_without_build_and_unsupported_pool_say_what_to_do(tmp_path, capsys):
+    proj = _project(tmp_path)
+    capsys.readouterr()
+    assert main(["sim", str(proj)]) != 0
+    err = capsys.readouterr().err
+    assert "rtl/build.json not found" in err and f"accumulus build {proj}" in err and len(err.strip().splitlines()) == 1
+    # an overlapping max-pool window has no MLS stage: one line naming the layer
+    doc = json.loads((proj / "plan.json").read_text())
+    shape = doc["layers"][0]["out_shape"]
+    doc["layers"].insert(1, {"name": "pool_x", "kind": "maxpool", "input": doc["layers"][0]["output"],
+                             "output": doc["layers"][0]["output"], "kernel": [3, 3], "stride": [2, 2],
+                             "in_shape": [shape[0], 1, 1], "out_shape": shape})
+    (proj / "plan.json").write_text(json.dumps(doc))
+    assert main(["build", str(proj)]) != 0
+    err = capsys.readouterr().err
+    assert "max-pool 'pool_x'" in err and "equal to the stride" in err and len(err.strip().splitlines()) == 1
