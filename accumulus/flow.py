@@ -257,9 +257,50 @@ report = _stage_function("report")
 
 def summary(out: str | Path) -> str:
     """A short, human summary of what the flow made in ``out``."""
+    from accumulus.compiler.frontend.mls_load import is_mls_plan
     from accumulus.summary import summarize
 
+    if is_mls_plan(out):
+        return _mls_summary(Path(out))
     return summarize(Path(out))
+
+
+def _mls_summary(out: Path) -> str:
+    """:func:`summary` of a project whose plan is an MLS plan (docs/mls.md)."""
+    from accumulus.compiler.frontend.mls_load import MLSPlan, cost_estimate
+
+    def load(p):
+        try:
+            return json.loads(p.read_text())
+        except (OSError, ValueError):
+            return None
+
+    lines = [f"accumulus flow: {out}"]
+    train = load(out / "train.json")
+    if train:
+        def acc(v):
+            return f"{v:.3f}" if isinstance(v, (int, float)) else "?"
+
+        lines.append(f"  accuracy      float {acc(train.get('float_test_accuracy'))}  quantized "
+                     f"{acc(train.get('test_accuracy'))}  "
+                     f"(mls {train.get('config', {}).get('mls')})")
+    lines.append("  MLS layers (accumulator bits, cycles of one G-lane engine):")
+    for r in cost_estimate(MLSPlan.load(out)):
+        lines.append(f"    {r['layer']:<12} {r['kind']:<11} {r['format']:<13} group {r['group_acc_bits']:>3}  "
+                     f"dot {r['dot_acc_bits']:>3}  act {r['act_bits']:>3}  cycles {r['cycles']}")
+    sim = load(out / "sim" / "results.json")
+    if sim:
+        verdict = "bit-exact" if sim.get("passed") else f"FAILED ({sim.get('mismatches')} mismatching elements)"
+        lines.append(f"  co-simulation {sim.get('simulator')}: {sim.get('frames')} frames {verdict}, back-pressure "
+                     f"{sim.get('backpressure')}; {sim.get('cycles_per_frame')} cycles/frame "
+                     f"(build estimate {sim.get('cycles_per_frame_estimate')})")
+    lines.append("  artifacts:")
+    for name, what in (("model.onnx", "MLS ONNX model"), ("plan.json", "MLS plan (+ plan.npz)"),
+                       ("rtl/accumulus_top.v", "Verilog top"), ("rtl/build.json", "build description"),
+                       ("sim/results.json", "co-simulation results"), ("reports/report.md", "cost estimate")):
+        if (out / name).exists():
+            lines.append(f"    {what:<22} {out / name}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

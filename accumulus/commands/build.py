@@ -44,8 +44,7 @@ def run(args) -> int:
     from accumulus.compiler.frontend.mls_load import is_mls_plan
 
     if is_mls_plan(project):
-        raise UserError(f"{project}/plan.json is an MLS plan: MLS hardware is not generated yet (docs/mls.md, "
-                        "'Not done yet'); 'accumulus report' gives its cost estimate")
+        return _run_mls(args, project)
     t0 = time.perf_counter()
     plan = load_plan(project)
     out = output_dir(args.out or project, "--out" if args.out else "DIR", children=("rtl", "rtl/layers"))
@@ -64,4 +63,33 @@ def run(args) -> int:
           f"{top['cycles_per_frame']} cycles/frame (plan estimate {top['plan_cycles_per_frame']}), "
           f"input {pk['input']['elems_per_beat']} x {pk['input']['elem_bits']} bits/beat, "
           f"output {pk['output']['elems_per_beat']} x {pk['output']['elem_bits']} bits/beat")
+    return 0
+
+
+def _run_mls(args, project) -> int:
+    """An MLS plan (docs/mls.md): hw/mls_top.py's stages behind AXI-Stream ports."""
+    import time
+
+    from accumulus.compiler.frontend.mls_load import MLSPlan
+    from accumulus.errors import UserError
+    from accumulus.hw.build import build_mls
+    from accumulus.paths import output_dir
+
+    ignored = [o for o, v, d in (("--acc-policy", args.acc_policy, "exact"), ("--engine", args.engine, "auto"))
+               if v != d]
+    if ignored:
+        print(f"accumulus build: {', '.join(ignored)} does not apply to an MLS plan (ignored)", flush=True)
+    t0 = time.perf_counter()
+    plan = MLSPlan.load(project)
+    out = output_dir(args.out or project, "--out" if args.out else "DIR", children=("rtl", "rtl/layers"))
+    print(f"accumulus build: MLS plan, {len(plan.layers)} layers from {project / 'plan.json'}", flush=True)
+    try:
+        doc = build_mls(plan, out, layers=not args.no_layer_files, progress=lambda msg: print(f"  {msg}", flush=True))
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"cannot build {project / 'plan.json'}: {exc}") from None
+    top = doc["top"]
+    pk = top["packing"]
+    print(f"accumulus build: wrote {out / 'rtl'} in {time.perf_counter() - t0:.1f} s: {len(doc['layers'])} MLS stages, "
+          f"{top['cycles_per_frame']} cycles/frame (slowest stage), input {pk['input']['element_bits']} bits/beat, "
+          f"output {pk['output']['element_bits']} bits/beat")
     return 0

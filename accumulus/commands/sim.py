@@ -52,10 +52,13 @@ def run(args) -> int:
 
     from accumulus.compiler.frontend.mls_load import is_mls_plan
 
-    if is_mls_plan(args.dir):
-        raise UserError(f"{args.dir}/plan.json is an MLS plan: MLS hardware is not generated yet (docs/mls.md, "
-                        "'Not done yet'); 'accumulus report' gives its cost estimate")
-    load_plan(args.dir)   # one clear line for a missing or unreadable project before cocotb starts
+    mls_plan = is_mls_plan(args.dir)
+    if mls_plan:
+        from accumulus.compiler.frontend.mls_load import MLSPlan
+
+        MLSPlan.load(args.dir)
+    else:
+        load_plan(args.dir)   # one clear line for a missing or unreadable project before cocotb starts
     if args.frames < 1:
         raise UserError(f"--frames must be >= 1, got {args.frames}")
     if args.seed < 0:
@@ -68,7 +71,10 @@ def run(args) -> int:
             raise UserError(f"--stimulus {args.stimulus}: expected test, worst or the path of an .npy of inputs")
         load_array(args.stimulus, "--stimulus")   # the layout is checked against the plan by the simulation
     output_dir(args.out or args.dir, "--out" if args.out else "DIR", children=("sim",))
-    from accumulus.sim.cosim import simulate
+    if mls_plan:
+        from accumulus.sim.mls_cosim import simulate_mls as simulate
+    else:
+        from accumulus.sim.cosim import simulate
 
     r = simulate(args.dir, simulator=args.simulator, frames=args.frames, seed=args.seed,
                  backpressure=args.backpressure, stimulus=args.stimulus, waves=args.waves,

@@ -65,8 +65,10 @@ class MLSPlan:
 
     def weight_codes(self, layer: dict) -> mls.MLSCodes:
         w = layer["weight"]
-        return mls.MLSCodes(*(self.arrays[f"{w}.{k}"] for k in _CODE_FIELDS), float(layer["weight_scale"]),
-                            self.format(layer))
+        # int64: the stored int8/int16 codes would wrap in element_integers' shifts (a 4M2E
+        # element is 31 << 3)
+        return mls.MLSCodes(*(self.arrays[f"{w}.{k}"].astype(np.int64) for k in _CODE_FIELDS),
+                            float(layer["weight_scale"]), self.format(layer))
 
     @staticmethod
     def format(layer: dict) -> mls.MLSFormat:
