@@ -20,6 +20,11 @@ compared; da4ml's kernel is the same product):
   adder), written by ``VerilogModel(..., latency_cutoff=register_every)`` (the same adder
   levels per register stage), its ``src/*.v`` and ``src/static/*.v`` synthesised with the
   top being the core module;
+* ``const_exact_keep`` (diagnostic): ``const_exact``'s Verilog with ``(* keep *)`` on every
+  adder wire. Without it Yosys' ``alumacc`` merges chains of two-operand adders that share
+  a pipeline stage into multi-operand ``$macc`` cells, which ``synth_ecp5`` maps to LUT4
+  compressor trees instead of CCU2C carry chains; the attribute keeps one carry chain per
+  adder, as da4ml's one-module-instance-per-adder Verilog gets under ``-noflatten``;
 * ``rom_full`` (``--rom``): the ROM engine at PE = N, SIMD = K (one vector per cycle);
   slow: the 64 x 64 one takes about 400 s of Yosys.
 
@@ -52,7 +57,18 @@ from pathlib import Path
 
 import numpy as np
 
-POLICIES = {"const_exact": "exact", "const_datatype": "datatype", "const_fixed32": "fixed:32"}
+POLICIES = {"const_exact": "exact", "const_datatype": "datatype", "const_fixed32": "fixed:32",
+            "const_exact_keep": "exact"}
+
+
+def keep_adder_wires(path: Path) -> int:
+    """Mark every adder-node wire ``nK`` of an Amaranth-written constant engine ``(* keep *)``
+    (in place); returns how many."""
+    import re
+
+    text, n = re.subn(r"^(\s*)(wire [^;]* n[0-9]+;)", r"\1(* keep *) \2", path.read_text(), flags=re.M)
+    path.write_text(text)
+    return n
 
 
 # -- the project ----------------------------------------------------------------------------
@@ -321,7 +337,7 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results", help="folder for da4ml_peer.json")
     ap.add_argument("--name", default="da4ml_peer", help="output file stem")
     ap.add_argument("--designs", default="const_exact,da4ml,const_datatype,const_fixed32",
-                    help="comma-separated: const_exact, const_datatype, const_fixed32, da4ml, rom_full")
+                    help="comma-separated: const_exact, const_datatype, const_fixed32, const_exact_keep, da4ml, rom_full")
     ap.add_argument("--rom", action="store_true", help="also rom_full (PE=N, SIMD=K; slow)")
     ap.add_argument("--flatten", action="store_true",
                     help="also synthesise const_exact and da4ml flattened (synth_ecp5 without -noflatten)")
@@ -332,6 +348,7 @@ def main(argv=None):
     ap.add_argument("--no-sim", action="store_true", help="skip the Icarus check of da4ml's Verilog")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per Yosys run")
     ap.add_argument("--work", default=None, help="keep design files here (default: a temporary folder)")
+    ap.add_argument("--merge", default=None, help="an earlier OUT json whose layers not run now are kept")
     args = ap.parse_args(argv)
 
     designs = [d for d in args.designs.split(",") if d]
@@ -342,6 +359,8 @@ def main(argv=None):
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="da4ml_peer_"))
     work.mkdir(parents=True, exist_ok=True)
     layers_out = []
+    if args.merge:
+        layers_out = [l for l in json.loads(Path(args.merge).read_text())["layers"]]
     wanted = [int(i) for i in args.layers.split(",") if i]
     t_all = time.monotonic()
     for idx, layer in enumerate(mac_layers(plan)):
@@ -362,6 +381,8 @@ def main(argv=None):
             label = f"l{idx}_{d}"
             if d in POLICIES:
                 srcs, top, info = accumulus_design(label, w, wtype, itype, "const", work, x, every, POLICIES[d])
+                if d == "const_exact_keep":
+                    info["keep_wires"] = keep_adder_wires(srcs[0])
             elif d == "rom_full":
                 srcs, top, info = accumulus_design(label, w, wtype, itype, "rom", work, x)
             elif d == "da4ml":
@@ -372,7 +393,8 @@ def main(argv=None):
             if args.flatten and d in ("const_exact", "da4ml"):
                 info["flattened"] = synth(label, srcs, top, work, args.timeout, flatten=True)
             row["designs"][d] = info
-        layers_out.append(row)
+        layers_out = [l for l in layers_out if l["layer"] != row["layer"]] + [row]
+        layers_out.sort(key=lambda l: [m["name"] for m in mac_layers(plan)].index(l["layer"]))
         # partial results survive a later failure
         write(args, plan_path, designs, layers_out, time.monotonic() - t_all, complete=False)
     write(args, plan_path, designs, layers_out, time.monotonic() - t_all, complete=True)
@@ -381,13 +403,10 @@ def main(argv=None):
 def write(args, plan_path: Path, designs, layers_out, seconds: float, complete: bool):
     tot = totals(layers_out, designs)
     ratios = {}
-    if "const_exact" in tot:
-        base = tot["const_exact"]["lut"]
-        ratios = {f"const_exact/{d}": round(base / t["lut"], 3) for d, t in tot.items() if d != "const_exact"}
-    if "const_fixed32" in tot and "const_exact" in tot:
-        ratios["const_fixed32/const_exact"] = round(tot["const_fixed32"]["lut"] / tot["const_exact"]["lut"], 3)
-    if "const_datatype" in tot and "const_exact" in tot:
-        ratios["const_datatype/const_exact"] = round(tot["const_datatype"]["lut"] / tot["const_exact"]["lut"], 3)
+    for a in ("const_exact", "const_exact_keep", "const_datatype", "const_fixed32"):
+        for b in ("da4ml", "rom_full", "const_exact"):
+            if a != b and a in tot and b in tot:
+                ratios[f"{a}/{b}"] = round(tot[a]["lut"] / tot[b]["lut"], 3)
     flat = {}
     for d in ("const_exact", "da4ml"):
         rows = [l["designs"].get(d, {}).get("flattened") for l in layers_out]
