@@ -21,6 +21,7 @@ monotonicity checks; A2Q+ P=12 against plain QAT) and ``OUT/const_vs_p.png``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import sys
@@ -67,6 +68,7 @@ def main(argv=None):
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="const_vs_p_"))
     t_all = time.monotonic()
     models = []
+    done: dict[str, dict] = {}     # an identical matrix (e.g. A2Q at two P above the bound) is synthesised once
     for quant, p in variants(ps):
         accs = []
         hw = None
@@ -91,7 +93,12 @@ def main(argv=None):
                        "nonzero_weights": int(np.count_nonzero(w)), "zero_fraction": round(float(np.mean(w == 0)), 4),
                        "register_every": every,
                        "estimate_lut": layer.get("engine_cost", {}).get("const", {}).get("lut")}
-                if not args.no_synth:
+                key = hashlib.sha256(w.tobytes() + str((w.shape, str(itype), every)).encode()).hexdigest()
+                if not args.no_synth and key in done:
+                    row.update({k: done[key][k] for k in ("graph", "check", "ok", "resources", "synth_seconds",
+                                                          "error")})
+                    row["same_matrix_as"] = done[key]["label"]
+                elif not args.no_synth:
                     label = f"{tag(quant, p, seed).replace('.', '_')}_l{idx}"
                     x = peer.check_vectors(w, itype, 32, seed=idx)
                     srcs, top, info = peer.accumulus_design(label, w, wtype, itype, "const", work, x, every, "exact")
@@ -99,6 +106,7 @@ def main(argv=None):
                     row.update({"graph": info["graph"], "check": info["check"], "ok": info["ok"],
                                 "resources": info["resources"], "synth_seconds": info["synth_seconds"],
                                 "error": info["error"]})
+                    done[key] = dict(row, label=label)
                 layers.append(row)
             hw = layers
         m = {"quant": quant, "acc_bits": p, "seeds": seeds, "test_accuracy": accs,

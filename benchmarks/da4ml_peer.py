@@ -393,6 +393,9 @@ def main(argv=None):
             if args.flatten and d in ("const_exact", "da4ml"):
                 info["flattened"] = synth(label, srcs, top, work, args.timeout, flatten=True)
             row["designs"][d] = info
+        for old in layers_out:
+            if old["layer"] == row["layer"]:
+                row["designs"] = {**old["designs"], **row["designs"]}
         layers_out = [l for l in layers_out if l["layer"] != row["layer"]] + [row]
         layers_out.sort(key=lambda l: [m["name"] for m in mac_layers(plan)].index(l["layer"]))
         # partial results survive a later failure
@@ -401,6 +404,7 @@ def main(argv=None):
 
 
 def write(args, plan_path: Path, designs, layers_out, seconds: float, complete: bool):
+    designs = list(dict.fromkeys([*designs, *(d for l in layers_out for d in l["designs"])]))
     tot = totals(layers_out, designs)
     ratios = {}
     for a in ("const_exact", "const_exact_keep", "const_datatype", "const_fixed32"):
