@@ -38,8 +38,8 @@ _peer_spec.loader.exec_module(peer)
 
 def variants(ps):
     out = [("int", None)]
-    for q in ("a2q", "a2q+"):
-        out += [(q, p) for p in ps]
+    for q in ("a2q+", "a2q"):
+        out += [(q, p) for p in sorted(ps)]
     return out
 
 
