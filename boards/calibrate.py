@@ -98,7 +98,7 @@ DEFAULT_CONFIGS = (
 # bits, the comparator bits of its parallel threshold requantizer, and a per-layer constant;
 # its registers (pipeline plus accumulators).
 CONST_LUT_TERMS = ("lut_per_const_adder_bit", "lut_per_const_threshold_bit", "lut_per_const_layer")
-CONST_FF_TERMS = ("ff_per_const_reg_bit", "ff_per_const_layer")
+CONST_FF_TERMS = ("ff_per_const_reg_bit", "ff_per_const_code_bit", "ff_per_const_layer")
 
 
 @dataclass(frozen=True)
@@ -113,11 +113,12 @@ class ConstConfig:
     sparsity: float = 0.5
     seed: int = 0
     register_every: int = 2
+    requant: bool = True         # False: accumulators out (a network's last layer)
 
     @property
     def name(self) -> str:
         return (f"const_k{self.fan_in}_n{self.channels}_x{self.input_bits}_w{self.weight_bits}"
-                f"_s{int(round(self.sparsity * 100))}_L{self.register_every}")
+                f"_s{int(round(self.sparsity * 100))}_L{self.register_every}{'' if self.requant else '_acc'}")
 
 
 # Eight engines over the fan-in, channel count, operand widths, sparsity and pipelining the
@@ -127,6 +128,9 @@ CONST_CONFIGS = (
     ConstConfig(32, 32, weight_bits=2, sparsity=0.3), ConstConfig(32, 16, weight_bits=8),
     ConstConfig(32, 16, input_bits=8), ConstConfig(64, 16, sparsity=0.85, register_every=1),
     ConstConfig(16, 32, input_bits=2, weight_bits=3, sparsity=0.2, register_every=3),
+    # hidden-layer sized graphs without thresholds, so that the adders' cost is not confounded
+    # with the comparators' (benchmarks/constmv_vs_rom.py's 64x64 layer is of this kind)
+    ConstConfig(64, 64, requant=False), ConstConfig(64, 32, sparsity=0.3, requant=False),
 )
 
 
@@ -309,6 +313,7 @@ def const_terms(e: dict) -> dict:
             "lut_per_const_threshold_bit": float(e["channels"] * e["threshold_levels"] * e["threshold_bits"]),
             "lut_per_const_layer": 1.0,
             "ff_per_const_reg_bit": float(g["pipeline_register_bits"] + g["acc_register_bits"]),
+            "ff_per_const_code_bit": float(e["channels"] * int(e["threshold_levels"]).bit_length()),
             "ff_per_const_layer": 1.0}
 
 
@@ -340,7 +345,8 @@ def calibrate_const(family: str, out_dir: Path, configs=CONST_CONFIGS, *, worker
     t0 = time.monotonic()
     entries, jobs = [], []
     for cfg in configs:
-        plan = mlp_plan((cfg.fan_in, cfg.channels, 2), input_type=IntType(cfg.input_bits, False),
+        widths = (cfg.fan_in, cfg.channels, 2) if cfg.requant else (cfg.fan_in, cfg.channels)
+        plan = mlp_plan(widths, input_type=IntType(cfg.input_bits, False),
                         weight_bits=cfg.weight_bits, act_bits=4, seed=cfg.seed, sparsity=cfg.sparsity)
         plan.layer("fc0")["const"] = {"register_every": cfg.register_every, "cse": True}
         d = out_dir / cfg.name
@@ -348,8 +354,8 @@ def calibrate_const(family: str, out_dir: Path, configs=CONST_CONFIGS, *, worker
         built = {l["layer"]: l for l in doc["layers"]}["fc0"]
         rq = plan.layer("fc0")["requant"]
         entries.append({"config": asdict(cfg), "name": cfg.name, "channels": cfg.channels,
-                        "threshold_levels": int(np.asarray(plan.array(rq["thresholds"])).shape[1]),
-                        "threshold_bits": int(rq["threshold_bits"]), "const": built["const"]})
+                        "threshold_levels": int(np.asarray(plan.array(rq["thresholds"])).shape[1]) if rq else 0,
+                        "threshold_bits": int(rq["threshold_bits"]) if rq else 0, "const": built["const"]})
         jobs.append(SynthJob(cfg.name, [d / "rtl" / built["file"]], built["module"], family,
                              d / f"synth-{family}-lut", dsp=False, flatten=True))
     results = run_many(jobs, workers=workers, progress=progress, desc=f"const calibration ({family})")
@@ -368,6 +374,18 @@ def calibrate_const(family: str, out_dir: Path, configs=CONST_CONFIGS, *, worker
     (out_dir / f"calibration-{family}-const.json").write_text(json.dumps(doc, indent=1) + "\n")
     if write:
         store_const(family, coeff, doc)
+    return doc
+
+
+def refit_const(calibration_json: Path, write: bool = True) -> dict:
+    """Fit the constant-weight coefficients again from a stored calibration (no synthesis)."""
+    doc = json.loads(Path(calibration_json).read_text())
+    doc["coefficients"] = fit_const_entries(doc["configs"], doc["family"])
+    doc["max_abs_lut_error"] = max(abs(e["lut_error"]) for e in doc["configs"])
+    doc["max_abs_ff_error"] = max(abs(e["ff_error"]) for e in doc["configs"])
+    Path(calibration_json).write_text(json.dumps(doc, indent=1) + "\n")
+    if write:
+        store_const(doc["family"], doc["coefficients"], doc)
     return doc
 
 
@@ -410,7 +428,9 @@ def main(argv=None) -> int:
     ap.add_argument("--refit", action="store_true",
                     help="fit again from OUT/calibration-FAMILY.json without synthesising")
     args = ap.parse_args(argv)
-    if args.engine == "const":
+    if args.engine == "const" and args.refit:
+        doc = refit_const(Path(args.out) / f"calibration-{args.family}-const.json", write=not args.no_write)
+    elif args.engine == "const":
         doc = calibrate_const(args.family, Path(args.out), workers=args.jobs or os.cpu_count(),
                               write=not args.no_write)
     elif args.refit:

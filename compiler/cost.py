@@ -130,7 +130,10 @@ def const_layer_cost(adder_bits: int, register_bits: int, channels: int, thresho
     lut = (adder_bits * k["lut_per_const_adder_bit"]
            + channels * threshold_levels * threshold_bits * k["lut_per_const_threshold_bit"]
            + coeff.get("lut_per_const_layer", coeff["lut_per_layer"]))
-    ff = register_bits * k["ff_per_const_reg_bit"] + coeff.get("ff_per_const_layer", coeff["ff_per_layer"])
+    # the threshold requantizer registers its output codes (channels x code bits)
+    out_bits = int(threshold_levels).bit_length() if threshold_levels else 0
+    ff = (register_bits * k["ff_per_const_reg_bit"] + channels * out_bits * coeff.get("ff_per_const_code_bit", 0.0)
+          + coeff.get("ff_per_const_layer", coeff["ff_per_layer"]))
     return {"lut": float(lut), "ff": float(ff), "dsp": 0, "bram_bits": 0}
 
 

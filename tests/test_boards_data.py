@@ -196,7 +196,8 @@ def test_const_fit_features_match_compiler_cost_and_recover_coefficients():
 
     rng = np.random.default_rng(3)
     true = {"lut_per_const_adder_bit": 1.3, "lut_per_const_threshold_bit": 0.4, "lut_per_const_layer": 25.0,
-            "ff_per_const_reg_bit": 0.9, "ff_per_const_layer": 12.0, "lut_per_layer": 999.0, "ff_per_layer": 999.0}
+            "ff_per_const_reg_bit": 0.9, "ff_per_const_code_bit": 2.0, "ff_per_const_layer": 12.0,
+            "lut_per_layer": 999.0, "ff_per_layer": 999.0}
     entries = []
     for _ in range(10):
         e = {"channels": int(rng.choice([16, 32, 64])), "threshold_levels": int(rng.choice([0, 3, 15])),
