@@ -90,6 +90,8 @@ def main(argv=None) -> int:
     ap.add_argument("--boards", default=",".join(BOARDS))
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
+    ap.add_argument("--collect-only", action="store_true",
+                    help="only read designs already synthesised under --work (estimates with today's coefficients)")
     args = ap.parse_args(argv)
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -98,12 +100,17 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     results = []
     for net in args.nets.split(","):
-        if not (work / net / "model.onnx").exists():
+        if not args.collect_only and not (work / net / "model.onnx").exists():
             extra = ["--epochs", str(args.epochs)] if args.epochs else []
             _cli(["train", "--preset", net, "--out", str(work / net), "--quiet", "--no-float-baseline", *extra], log)
         for board in args.boards.split(","):
             for engine in args.engines.split(","):
                 t = time.monotonic()
+                if args.collect_only and not (work / net / f"{board}-{engine}" / "reports" / "report.json").exists():
+                    results.append({"net": net, "board": board, "family": BOARDS[board], "engine": engine,
+                                    "error": "not synthesised"})
+                    print(f"{net:<11} {board:<12} {engine:<6} not synthesised")
+                    continue
                 try:
                     r = one(work, net, board, engine, log)
                 except (RuntimeError, KeyError, ZeroDivisionError) as exc:
