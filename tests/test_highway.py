@@ -148,19 +148,26 @@ def test_highway_hardware_bit_exact(tmp_path, simulator):
     require_tool("iverilog" if simulator == "icarus" else "g++")
     _trained(tmp_path, 16, hidden=(4, 4, 8), epochs=1, limit=200)
     assert main(["compile", str(tmp_path / "model.onnx"), "--out", str(tmp_path), "--quiet"]) == 0
-    assert main(["build", str(tmp_path), "--no-layer-files"]) == 0
+    assert main(["build", str(tmp_path)]) == 0        # per-layer files: worst case runs each MAC engine alone
     build = json.loads((tmp_path / "rtl" / "build.json").read_text())
     plan = Plan.load(tmp_path)
     for l in build["layers"]:
         if l["kind"] == "add":
             # the Add engine and its streams run at the plan's widths, not a MAC width
             pl = next(p for p in plan.layers if p["name"] == l["layer"])
-            assert l["out"]["type"] == plan.tensor(pl["output"])["type"]
+            for port, t in (("in", pl["inputs"][0]), ("in_b", pl["inputs"][1]), ("out", pl["output"])):
+                want = plan.tensor(t)["type"]
+                assert (l[port]["elem_bits"], l[port]["signed"]) == (want["bits"], want["signed"]), (l, port)
+            assert l["out"]["elem_bits"] > 16                 # the full-width sum of two 16-bit codes
     frames = "6" if simulator == "icarus" else "40"
     for stim in ("test", "worst"):
         rc = main(["sim", str(tmp_path), "--simulator", simulator, "--frames", frames, "--backpressure", "0.3",
                    "--seed", "3", "--stimulus", stim, "--measure-frames", "2"])
         r = json.loads((tmp_path / "sim" / "results.json").read_text())
         assert rc == 0 and r["passed"] and r["mismatches"] == 0 and r["frames_missing"] == 0, r
-        run = r["runs"][0]
-        assert run["frames_sent"] == run["frames_received"] == r["frames"]
+        assert r["runs"][0]["design"] == "top"
+        for run in r["runs"]:
+            assert run["frames_sent"] == run["frames_received"] == run["frames_checked"] == run["frames_ok"] \
+                == run["frames_expected"], run
+            assert run["output_stall_cycles"] > 0 and run["input_gap_cycles"] > 0, run     # back-pressure was applied
+        assert sum(run["frames_checked"] for run in r["runs"]) == r["frames"]
