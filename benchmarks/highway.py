@@ -10,10 +10,10 @@ the float twin's. Block-output error is the relative L2 error ``||q - f|| / ||f|
 stem's and each residual block's output (``QuantCNN.blocks``) over the test set.
 
 Hardware: seed 0 of each width and mode is exported, compiled (its golden model checked
-against qonnx by compile) and compared with PyTorch top-1 on the test set; the ``--highway 16``
-builds are synthesised by Yosys for the compile board's family (hierarchy kept) and the
-cells of the residual Add engines, their skip FIFOs and forks, and the requantizers of the
-16-bit stream are counted against the whole design.
+against qonnx by compile) and compared with PyTorch top-1 on the test set; the W2A2 builds
+(``--highway 16`` and ``0``) go through ``accumulus report`` (Yosys, nextpnr) on the board, and
+the cells of the residual Add engines, their skip FIFOs and forks, and the sum requantizers
+are counted against the whole design (:func:`synth_highway`).
 
     .venv/bin/python -P benchmarks/highway.py [--epochs-float 15] [--epochs-qat 10] [--no-hw]
 
@@ -108,8 +108,9 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-def hardware(keep, ds, board: str) -> dict:
-    """Export, compile, golden vs PyTorch top-1; Yosys per-module cells of the highway builds."""
+def hardware(keep, ds, board: str, synth: tuple = ((2, 2, 16), (2, 2, 0))) -> dict:
+    """Export, compile, golden vs PyTorch top-1 of every seed-0 model; for the ``synth`` ones
+    the report's synthesis and place and route, with the highway's parts counted."""
     from accumulus.cli import main
     from accumulus.compiler import golden
     from accumulus.compiler.plan import Plan
@@ -124,7 +125,7 @@ def hardware(keep, ds, board: str) -> dict:
         model.load_state_dict(ck["state_dict"])
         export_model(model, cfg, d, torch.from_numpy(ds.x_test[:8]))
         t0 = time.perf_counter()
-        assert main(["compile", str(d / "model.onnx"), "--out", str(d), "--board", board]) == 0
+        assert main(["compile", str(d / "model.onnx"), "--out", str(d), "--board", board, "--quiet"]) == 0
         plan = Plan.load(d)
         y = golden.onnx_output(plan, golden.run_float(plan, ds.x_test))
         gold_top1 = y.reshape(len(ds.x_test), -1).argmax(1)
@@ -135,53 +136,116 @@ def hardware(keep, ds, board: str) -> dict:
                "golden_accuracy": float((gold_top1 == ds.y_test).mean()), "test_images": int(len(ds.x_test)),
                "stream_types": {l["name"]: plan.tensor(l["output"])["type"] for l in plan.layers
                                 if l["kind"] in ("add",)}}
-        if hw:
+        if (wb, ab, hw) in synth:
             rec["synthesis"] = synth_highway(d, board)
         out[name] = rec
         print(name, json.dumps({k: v for k, v in rec.items() if k != "synthesis"}), flush=True)
     return out
 
 
-HIGHWAY_PARTS = (
-    # (category, substring of the hierarchical module name); first match wins
-    ("add_engines", "layer__Add"),
-    ("skip_fifos", "skip_layer__Add"),
-    ("stream_forks", "fork_"),
-    ("sum_requant", "layer__add_quant"),
-    ("conv_input_copies", "_in_act_quant"),
-    ("branch_output_requant", "layer__act"),
-)
 HIGHWAY_CORE = ("add_engines", "skip_fifos", "stream_forks", "sum_requant")
+PARTS = HIGHWAY_CORE + ("width_converters", "conv_input_copies", "stream_requant", "other_layers", "rest")
+
+
+def highway_parts(plan) -> dict:
+    """Module/instance name -> highway part, from the plan's structure (not from layer names):
+    the adds, the requantizer of each sum, the forks and skip FIFOs hw/top.py puts in front of
+    them, the requantizer that makes each conv's act_bits copy of a stream tensor, and the one
+    that puts the stem's or a branch's output onto the stream (an add input)."""
+    from accumulus.hw.top import _safe
+
+    def mod(layer):
+        return "layer_" + _safe(layer["name"])
+
+    adds = [l for l in plan.layers if l["kind"] == "add"]
+    add_out = {l["output"] for l in adds}
+    add_in = {t for l in adds for t in l["inputs"]}
+    consumers = {}
+    for l in plan.layers:
+        for t in l["inputs"]:
+            consumers.setdefault(t, []).append(l)
+    names = {}
+    for l in plan.layers:
+        if l["kind"] == "add":
+            names[mod(l)] = "add_engines"
+        elif l["kind"] == "requant" and l["inputs"][0] in add_out:
+            names[mod(l)] = "sum_requant"
+        elif l["kind"] == "requant" and l["output"] in add_in:
+            names[mod(l)] = "stream_requant"
+        elif l["kind"] == "requant" and l["inputs"][0] in add_in and all(
+                c["kind"] == "conv" for c in consumers.get(l["output"], [])):
+            names[mod(l)] = "conv_input_copies"
+        else:
+            names[mod(l)] = "other_layers"
+    return names
+
+
+def _part_of(name: str, modules: dict) -> str:
+    import re
+
+    for comp in re.split(r"[.\s\[]", name.lstrip("\\")):
+        if comp.startswith("skip_"):
+            return "skip_fifos"
+        if comp.startswith("fork_"):
+            return "stream_forks"
+        if comp.startswith("wc_"):
+            return "width_converters"
+        if comp in modules:
+            return modules[comp]
+    return "rest"
 
 
 def synth_highway(d: Path, board: str) -> dict:
-    """Yosys synthesis of the built top, hierarchy kept: own cells of every module times its
-    instances, summed per highway part (``HIGHWAY_PARTS``) and for the whole design."""
+    """``accumulus report DIR --board B --policies exact --variants lut`` (flat Yosys synthesis,
+    split per cell by the registers it feeds, boards/split.py; nextpnr place and route in the
+    UART harness), then the same netlist split into the highway's parts (:func:`highway_parts`)."""
     from accumulus.boards.boards import load_board
-    from accumulus.boards.synth import SynthJob, run_synth
-    from accumulus.cli import main
+    from accumulus.boards.report import run_report
+    from accumulus.boards.split import split_netlist
+    from accumulus.compiler.plan import Plan
 
-    assert main(["build", str(d)]) == 0
     b = load_board(board)
-    build = json.loads((d / "rtl" / "build.json").read_text())
-    top = build["top"]
-    job = SynthJob("highway", [d / "rtl" / top["file"]], top["module"], b.family, d / f"synth-{b.family}",
-                   flatten=False)
-    res = run_synth(job)
-    if not res.ok:
-        return {"ok": False, "error": res.error}
-    parts = {cat: {"lut": 0, "ff": 0, "bram": 0} for cat, _ in HIGHWAY_PARTS}
-    for mod, n in res.instances.items():
-        cat = next((c for c, key in HIGHWAY_PARTS if key in mod), None)
-        if cat is not None:
-            for k in ("lut", "ff", "bram"):
-                parts[cat][k] += n * res.modules.get(mod, {}).get(k, 0)
-    core = {k: sum(parts[c][k] for c in HIGHWAY_CORE) for k in ("lut", "ff", "bram")}
-    return {"ok": True, "tool": f"{res.version}, {b.family} synthesis (synth_{b.family} -noflatten, no DSP), "
-                                "not place-and-route", "seconds": round(res.seconds, 1), "total": res.total,
+    plan = Plan.load(d)
+    t0 = time.perf_counter()
+    rep_file = d / "reports" / "report.json"
+    if rep_file.exists() and json.loads(rep_file.read_text()).get("policy", {}).get("exact", {}).get("pnr"):
+        doc = json.loads(rep_file.read_text())          # --hw-only rerun: the report is already there
+    else:
+        doc = run_report(d, b, ["exact"], variants=["lut"], pnr=True, workers=1)
+    syn = doc["policy"]["exact"]["synth"]["lut"]
+    if not syn.get("ok"):
+        return {"ok": False, "error": syn.get("error")}
+    modules = highway_parts(plan)
+    split = split_netlist(Path(syn["dir"]) / "netlist.json", b.family, group=lambda n: _part_of(n, modules))
+    keys = ("lut", "ff", "carry", "lutram", "bram", "bram_bits")
+    parts = {p: {k: 0 for k in keys} for p in PARTS}
+    for part, cats in split.items():
+        for c in cats.values():
+            for k in keys:
+                parts[part][k] += int(c.get(k, 0))
+    core = {k: sum(parts[p][k] for p in HIGHWAY_CORE) for k in keys}
+    total = {k: sum(parts[p][k] for p in PARTS) for k in keys}
+    pnr = doc["policy"]["exact"].get("pnr") or {}
+    util = pnr.get("utilization", {})
+    from accumulus.hw.top import GraphSpec
+
+    graph = GraphSpec(plan, "exact")
+    fifos = {e.name: {"depth": graph.skip_fifo_depth(e, 0),
+                      "frame_beats": int(np.prod(plan.tensor_shape(e.layer["inputs"][0]))) // e.in_elems,
+                      "elem_bits": e.in_type.bits, "elems_per_beat": e.in_elems}
+             for e in graph.engines if e.kind == "add"}
+    return {"ok": True, "tools": doc.get("tools"), "board": b.id, "family": b.family,
+            "method": "Yosys synth_ecp5 flat (report's lut variant: multipliers in LUTs), each cell charged to the "
+                      "registers it feeds (boards/split.py), registers named by the hierarchy of hw/top.py; "
+                      "nextpnr-ecp5 places and routes the same top inside the UART harness",
+            "seconds": round(time.perf_counter() - t0, 1), "synth_total": syn["total"], "split_total": total,
             "parts": parts, "highway_core": core, "highway_core_is": list(HIGHWAY_CORE),
-            "highway_lut_fraction": core["lut"] / max(1, res.total["lut"]),
-            "highway_ff_fraction": core["ff"] / max(1, res.total["ff"])}
+            "highway_lut_fraction": round(core["lut"] / max(1, total["lut"]), 4),
+            "highway_ff_fraction": round(core["ff"] / max(1, total["ff"]), 4),
+            "skip_fifos": fifos,
+            "pnr": {"ok": pnr.get("ok"), "fits": pnr.get("fits"), "fmax_mhz": pnr.get("fmax_mhz"),
+                    "utilization": util, "seconds": pnr.get("seconds"),
+                    "note": "totals of the placed design include the UART harness"}}
 
 
 def main_(argv=None) -> int:
