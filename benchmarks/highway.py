@@ -195,57 +195,113 @@ def _part_of(name: str, modules: dict) -> str:
     return "rest"
 
 
-def synth_highway(d: Path, board: str) -> dict:
-    """``accumulus report DIR --board B --policies exact --variants lut`` (flat Yosys synthesis,
-    split per cell by the registers it feeds, boards/split.py; nextpnr place and route in the
-    UART harness), then the same netlist split into the highway's parts (:func:`highway_parts`)."""
+def blackbox_verilog(text: str, keep) -> str:
+    """Amaranth's Verilog with every engine module not in ``keep`` (and its submodules) reduced
+    to a ``(* blackbox *)`` port list, so Yosys synthesises only the interconnect and the
+    kept engines, hierarchy kept, in a minute instead of the whole design."""
+    import re
+
+    out, blocks, cur = [], [], []
+    for line in text.splitlines(keepends=True):
+        cur.append(line)
+        if line.startswith("endmodule"):
+            blocks.append("".join(cur))
+            cur = []
+    tail = "".join(cur)
+    for b in blocks:
+        m = re.search(r"^module\s+(\\?\S+?)\s*\(", b, re.M)
+        name = m.group(1).lstrip("\\") if m else ""
+        root = name.split(".")[0]
+        if not root.startswith("layer_") or root in keep:
+            out.append(b)
+            continue
+        if "." in name:
+            continue                                   # a submodule of a blackboxed engine
+        ports = [l for l in b.splitlines(keepends=True) if re.match(r"\s+(input|output)\b", l)]
+        out.append("(* blackbox *)\n" + b[m.start():b.index(";", m.start()) + 1] + "\n" + "".join(ports)
+                   + "endmodule\n")
+    return "".join(out) + tail
+
+
+def synth_parts(d: Path, rtl: Path, board: str, plan) -> dict:
+    """Yosys (hierarchy kept) of the interconnect and the highway's engines, every other engine
+    a blackbox: own cells of each module summed per part (:func:`highway_parts`)."""
+    from accumulus.boards.boards import load_board
+    from accumulus.boards.synth import SynthJob, run_synth
+
+    b = load_board(board)
+    modules = highway_parts(plan)
+    keep = {m for m, part in modules.items() if part != "other_layers"}
+    src = d / "highway_parts_src"
+    src.mkdir(exist_ok=True)
+    (src / "accumulus_top.v").write_text(blackbox_verilog((rtl / "accumulus_top.v").read_text(), keep))
+    job = SynthJob("highway-parts", [src / "accumulus_top.v"], "accumulus_top", b.family,
+                   d / f"synth-{b.family}-highway-parts", flatten=False)
+    res = run_synth(job)
+    if not res.ok:
+        return {"ok": False, "error": res.error}
+    keys = ("lut", "ff", "carry", "lutram", "bram", "bram_bits")
+    parts = {p: {k: 0 for k in keys} for p in PARTS}
+    for mod, n in res.instances.items():
+        part = _part_of(mod, modules)
+        for k in keys:
+            parts[part][k] += n * int(res.modules.get(mod, {}).get(k, 0))
+    return {"ok": True, "seconds": round(res.seconds, 1), "yosys": res.version, "parts": parts}
+
+
+def synth_highway(d: Path, board: str, pnr: bool = True) -> dict:
+    """``accumulus report DIR --board B --policies exact --variants lut`` (flat Yosys synthesis;
+    nextpnr place and route in the UART harness) for the design's totals, and
+    :func:`synth_parts` for the highway's own cells, against those totals."""
     from accumulus.boards.boards import load_board
     from accumulus.boards.report import run_report
-    from accumulus.boards.split import split_netlist
     from accumulus.compiler.plan import Plan
+    from accumulus.hw.top import GraphSpec
 
     b = load_board(board)
     plan = Plan.load(d)
     t0 = time.perf_counter()
     rep_file = d / "reports" / "report.json"
-    if rep_file.exists() and json.loads(rep_file.read_text()).get("policy", {}).get("exact", {}).get("pnr"):
-        doc = json.loads(rep_file.read_text())          # --hw-only rerun: the report is already there
-    else:
-        doc = run_report(d, b, ["exact"], variants=["lut"], pnr=True, workers=1)
+    doc = json.loads(rep_file.read_text()) if rep_file.exists() else None
+    if doc is None or "exact" not in doc.get("policy", {}) or (pnr and not doc["policy"]["exact"].get("pnr")):
+        doc = run_report(d, b, ["exact"], variants=["lut"], pnr=pnr, workers=1)
     syn = doc["policy"]["exact"]["synth"]["lut"]
     if not syn.get("ok"):
         return {"ok": False, "error": syn.get("error")}
-    modules = highway_parts(plan)
-    split = split_netlist(Path(syn["dir"]) / "netlist.json", b.family, group=lambda n: _part_of(n, modules))
-    keys = ("lut", "ff", "carry", "lutram", "bram", "bram_bits")
-    parts = {p: {k: 0 for k in keys} for p in PARTS}
-    for part, cats in split.items():
-        for c in cats.values():
-            for k in keys:
-                parts[part][k] += int(c.get(k, 0))
-    core = {k: sum(parts[p][k] for p in HIGHWAY_CORE) for k in keys}
-    total = {k: sum(parts[p][k] for p in PARTS) for k in keys}
-    pnr = doc["policy"]["exact"].get("pnr") or {}
-    util = pnr.get("utilization", {})
-    from accumulus.hw.top import GraphSpec
-
+    parts = synth_parts(d, d / "reports" / "exact" / "rtl", board, plan)
+    if not parts["ok"]:
+        return parts
+    core = {k: sum(parts["parts"][p][k] for p in HIGHWAY_CORE) for k in ("lut", "ff", "bram", "bram_bits")}
+    total = syn["total"]
+    pnr_doc = doc["policy"]["exact"].get("pnr") or {}
+    util = pnr_doc.get("utilization", {})
     graph = GraphSpec(plan, "exact")
     fifos = {e.name: {"depth": graph.skip_fifo_depth(e, 0),
                       "frame_beats": int(np.prod(plan.tensor_shape(e.layer["inputs"][0]))) // e.in_elems,
                       "elem_bits": e.in_type.bits, "elems_per_beat": e.in_elems}
              for e in graph.engines if e.kind == "add"}
-    return {"ok": True, "tools": doc.get("tools"), "board": b.id, "family": b.family,
-            "method": "Yosys synth_ecp5 flat (report's lut variant: multipliers in LUTs), each cell charged to the "
-                      "registers it feeds (boards/split.py), registers named by the hierarchy of hw/top.py; "
-                      "nextpnr-ecp5 places and routes the same top inside the UART harness",
-            "seconds": round(time.perf_counter() - t0, 1), "synth_total": syn["total"], "split_total": total,
-            "parts": parts, "highway_core": core, "highway_core_is": list(HIGHWAY_CORE),
-            "highway_lut_fraction": round(core["lut"] / max(1, total["lut"]), 4),
-            "highway_ff_fraction": round(core["ff"] / max(1, total["ff"]), 4),
-            "skip_fifos": fifos,
-            "pnr": {"ok": pnr.get("ok"), "fits": pnr.get("fits"), "fmax_mhz": pnr.get("fmax_mhz"),
-                    "utilization": util, "seconds": pnr.get("seconds"),
-                    "note": "totals of the placed design include the UART harness"}}
+    out = {"ok": True, "tools": {**(doc.get("tools") or {}), "yosys_parts": parts["yosys"]}, "board": b.id,
+           "family": b.family,
+           "method": "totals: Yosys synth_ecp5 -nodsp of the flat top (the report's lut variant); highway parts: "
+                     "the same top with every other engine a blackbox, hierarchy kept, own cells per module "
+                     "(no cross-module optimisation, so the parts are an upper bound); placed: nextpnr-ecp5 "
+                     "on the top inside the UART harness",
+           "seconds": round(time.perf_counter() - t0, 1), "synth_total": total,
+           "synth_seconds": syn.get("seconds"), "parts": parts["parts"], "parts_seconds": parts["seconds"],
+           "highway_core": core, "highway_core_is": list(HIGHWAY_CORE),
+           "highway_lut_fraction_of_synth": round(core["lut"] / max(1, total["lut"]), 4),
+           "highway_ff_fraction_of_synth": round(core["ff"] / max(1, total["ff"]), 4),
+           "skip_fifos": fifos}
+    if pnr_doc:
+        placed_lut = util.get("TRELLIS_COMB", {}).get("used")
+        placed_ff = util.get("TRELLIS_FF", {}).get("used")
+        out["pnr"] = {"ok": pnr_doc.get("ok"), "fits": pnr_doc.get("fits"), "fmax_mhz": pnr_doc.get("fmax_mhz"),
+                      "utilization": util, "seconds": pnr_doc.get("seconds"),
+                      "note": "the placed design includes the UART harness"}
+        if placed_lut and placed_ff:
+            out["highway_lut_fraction_of_placed"] = round(core["lut"] / placed_lut, 4)
+            out["highway_ff_fraction_of_placed"] = round(core["ff"] / placed_ff, 4)
+    return out
 
 
 def main_(argv=None) -> int:
