@@ -10,10 +10,10 @@ the float twin's. Block-output error is the relative L2 error ``||q - f|| / ||f|
 stem's and each residual block's output (``QuantCNN.blocks``) over the test set.
 
 Hardware: seed 0 of each width and mode is exported, compiled (its golden model checked
-against qonnx by compile) and compared with PyTorch top-1 on the test set; the ``--highway 16``
-builds are synthesised by Yosys for the compile board's family (hierarchy kept) and the
-cells of the residual Add engines, their skip FIFOs and forks, and the requantizers of the
-16-bit stream are counted against the whole design.
+against qonnx by compile) and compared with PyTorch top-1 on the test set; the W2A2 builds
+(``--highway 16`` and ``0``) go through ``accumulus report`` (Yosys, nextpnr) on the board, and
+the cells of the residual Add engines, their skip FIFOs and forks, and the sum requantizers
+are counted against the whole design (:func:`synth_highway`).
 
     .venv/bin/python -P benchmarks/highway.py [--epochs-float 15] [--epochs-qat 10] [--no-hw]
 
@@ -52,7 +52,7 @@ def rel_l2(q: list[np.ndarray], f: list[np.ndarray]) -> list[float]:
     return [float(np.linalg.norm(a - b) / np.linalg.norm(b)) for a, b in zip(q, f)]
 
 
-def train_all(args, ds_by_seed) -> tuple[list[dict], dict]:
+def train_all(args, ds_by_seed, results: Path | None = RESULTS) -> tuple[list[dict], dict]:
     runs, keep = [], {}
     for seed in args.seeds:
         ds = ds_by_seed[seed]
@@ -89,7 +89,8 @@ def train_all(args, ds_by_seed) -> tuple[list[dict], dict]:
                     d.mkdir(parents=True, exist_ok=True)
                     torch.save({"config": cfg.to_json(), "state_dict": model.state_dict()}, d / "bench_model.pt")
                     keep[(wb, ab, hw)] = d
-        RESULTS.write_text(json.dumps({"partial": True, "runs": runs}, indent=2))
+        if results is not None:
+            results.write_text(json.dumps({"partial": True, "runs": runs}, indent=2))
     return runs, keep
 
 
@@ -107,8 +108,9 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-def hardware(keep, ds, board: str) -> dict:
-    """Export, compile, golden vs PyTorch top-1; Yosys per-module cells of the highway builds."""
+def hardware(keep, ds, board: str, synth: tuple = ((2, 2, 16), (2, 2, 0))) -> dict:
+    """Export, compile, golden vs PyTorch top-1 of every seed-0 model; for the ``synth`` ones
+    the report's synthesis and place and route, with the highway's parts counted."""
     from accumulus.cli import main
     from accumulus.compiler import golden
     from accumulus.compiler.plan import Plan
@@ -123,7 +125,7 @@ def hardware(keep, ds, board: str) -> dict:
         model.load_state_dict(ck["state_dict"])
         export_model(model, cfg, d, torch.from_numpy(ds.x_test[:8]))
         t0 = time.perf_counter()
-        assert main(["compile", str(d / "model.onnx"), "--out", str(d), "--board", board]) == 0
+        assert main(["compile", str(d / "model.onnx"), "--out", str(d), "--board", board, "--quiet"]) == 0
         plan = Plan.load(d)
         y = golden.onnx_output(plan, golden.run_float(plan, ds.x_test))
         gold_top1 = y.reshape(len(ds.x_test), -1).argmax(1)
@@ -134,53 +136,174 @@ def hardware(keep, ds, board: str) -> dict:
                "golden_accuracy": float((gold_top1 == ds.y_test).mean()), "test_images": int(len(ds.x_test)),
                "stream_types": {l["name"]: plan.tensor(l["output"])["type"] for l in plan.layers
                                 if l["kind"] in ("add",)}}
-        if hw:
+        if (wb, ab, hw) in synth:
             rec["synthesis"] = synth_highway(d, board)
         out[name] = rec
         print(name, json.dumps({k: v for k, v in rec.items() if k != "synthesis"}), flush=True)
     return out
 
 
-HIGHWAY_PARTS = (
-    # (category, substring of the hierarchical module name); first match wins
-    ("add_engines", "layer__Add"),
-    ("skip_fifos", "skip_layer__Add"),
-    ("stream_forks", "fork_"),
-    ("sum_requant", "layer__add_quant"),
-    ("conv_input_copies", "_in_act_quant"),
-    ("branch_output_requant", "layer__act"),
-)
 HIGHWAY_CORE = ("add_engines", "skip_fifos", "stream_forks", "sum_requant")
+PARTS = HIGHWAY_CORE + ("width_converters", "conv_input_copies", "stream_requant", "other_layers", "rest")
 
 
-def synth_highway(d: Path, board: str) -> dict:
-    """Yosys synthesis of the built top, hierarchy kept: own cells of every module times its
-    instances, summed per highway part (``HIGHWAY_PARTS``) and for the whole design."""
+def highway_parts(plan) -> dict:
+    """Module/instance name -> highway part, from the plan's structure (not from layer names):
+    the adds, the requantizer of each sum, the forks and skip FIFOs hw/top.py puts in front of
+    them, the requantizer that makes each conv's act_bits copy of a stream tensor, and the one
+    that puts the stem's or a branch's output onto the stream (an add input)."""
+    from accumulus.hw.top import _safe
+
+    def mod(layer):
+        return "layer_" + _safe(layer["name"])
+
+    adds = [l for l in plan.layers if l["kind"] == "add"]
+    add_out = {l["output"] for l in adds}
+    add_in = {t for l in adds for t in l["inputs"]}
+    consumers = {}
+    for l in plan.layers:
+        for t in l["inputs"]:
+            consumers.setdefault(t, []).append(l)
+    names = {}
+    for l in plan.layers:
+        if l["kind"] == "add":
+            names[mod(l)] = "add_engines"
+        elif l["kind"] == "requant" and l["inputs"][0] in add_out:
+            names[mod(l)] = "sum_requant"
+        elif l["kind"] == "requant" and l["output"] in add_in:
+            names[mod(l)] = "stream_requant"
+        elif l["kind"] == "requant" and l["inputs"][0] in add_in and all(
+                c["kind"] == "conv" for c in consumers.get(l["output"], [])):
+            names[mod(l)] = "conv_input_copies"
+        else:
+            names[mod(l)] = "other_layers"
+    return names
+
+
+def _part_of(name: str, modules: dict) -> str:
+    import re
+
+    for comp in re.split(r"[.\s\[]", name.lstrip("\\")):
+        if comp.startswith("skip_"):
+            return "skip_fifos"
+        if comp.startswith("fork_"):
+            return "stream_forks"
+        if comp.startswith("wc_"):
+            return "width_converters"
+        if comp in modules:
+            return modules[comp]
+    return "rest"
+
+
+def blackbox_verilog(text: str, keep) -> str:
+    """Amaranth's Verilog with every engine module not in ``keep`` (and its submodules) reduced
+    to a ``(* blackbox *)`` port list, so Yosys synthesises only the interconnect and the
+    kept engines, hierarchy kept, in a minute instead of the whole design."""
+    import re
+
+    out, blocks, cur = [], [], []
+    for line in text.splitlines(keepends=True):
+        cur.append(line)
+        if line.startswith("endmodule"):
+            blocks.append("".join(cur))
+            cur = []
+    tail = "".join(cur)
+    for b in blocks:
+        m = re.search(r"^module\s+(\\?\S+?)\s*\(", b, re.M)
+        name = m.group(1).lstrip("\\") if m else ""
+        root = name.split(".")[0]
+        if not root.startswith("layer_") or root in keep:
+            out.append(b)
+            continue
+        if "." in name:
+            continue                                   # a submodule of a blackboxed engine
+        ports = [l for l in b.splitlines(keepends=True) if re.match(r"\s+(input|output)\b", l)]
+        out.append("(* blackbox *)\n" + b[m.start():b.index(";", m.start()) + 1] + "\n" + "".join(ports)
+                   + "endmodule\n")
+    return "".join(out) + tail
+
+
+def synth_parts(d: Path, rtl: Path, board: str, plan) -> dict:
+    """Yosys (hierarchy kept) of the interconnect and the highway's engines, every other engine
+    a blackbox: own cells of each module summed per part (:func:`highway_parts`)."""
     from accumulus.boards.boards import load_board
     from accumulus.boards.synth import SynthJob, run_synth
-    from accumulus.cli import main
 
-    assert main(["build", str(d)]) == 0
     b = load_board(board)
-    build = json.loads((d / "rtl" / "build.json").read_text())
-    top = build["top"]
-    job = SynthJob("highway", [d / "rtl" / top["file"]], top["module"], b.family, d / f"synth-{b.family}",
-                   flatten=False)
+    modules = highway_parts(plan)
+    # the core's engines only: the stream requantizers (16 lanes of multipliers behind a
+    # const-weight conv) and the conv input copies cost ABC longer than the whole budget
+    keep = {m for m, part in modules.items() if part in HIGHWAY_CORE}
+    src = d / "highway_parts_src"
+    src.mkdir(exist_ok=True)
+    (src / "accumulus_top.v").write_text(blackbox_verilog((rtl / "accumulus_top.v").read_text(), keep))
+    job = SynthJob("highway-parts", [src / "accumulus_top.v"], "accumulus_top", b.family,
+                   d / f"synth-{b.family}-highway-parts", flatten=False)
     res = run_synth(job)
     if not res.ok:
         return {"ok": False, "error": res.error}
-    parts = {cat: {"lut": 0, "ff": 0, "bram": 0} for cat, _ in HIGHWAY_PARTS}
+    keys = ("lut", "ff", "carry", "lutram", "bram", "bram_bits")
+    parts = {p: {k: 0 for k in keys} for p in PARTS}
     for mod, n in res.instances.items():
-        cat = next((c for c, key in HIGHWAY_PARTS if key in mod), None)
-        if cat is not None:
-            for k in ("lut", "ff", "bram"):
-                parts[cat][k] += n * res.modules.get(mod, {}).get(k, 0)
-    core = {k: sum(parts[c][k] for c in HIGHWAY_CORE) for k in ("lut", "ff", "bram")}
-    return {"ok": True, "tool": f"{res.version}, {b.family} synthesis (synth_{b.family} -noflatten, no DSP), "
-                                "not place-and-route", "seconds": round(res.seconds, 1), "total": res.total,
-            "parts": parts, "highway_core": core, "highway_core_is": list(HIGHWAY_CORE),
-            "highway_lut_fraction": core["lut"] / max(1, res.total["lut"]),
-            "highway_ff_fraction": core["ff"] / max(1, res.total["ff"])}
+        part = _part_of(mod, modules)
+        for k in keys:
+            parts[part][k] += n * int(res.modules.get(mod, {}).get(k, 0))
+    return {"ok": True, "seconds": round(res.seconds, 1), "yosys": res.version, "parts": parts}
+
+
+def synth_highway(d: Path, board: str, pnr: bool = True) -> dict:
+    """``accumulus report DIR --board B --policies exact --variants lut`` (flat Yosys synthesis;
+    nextpnr place and route in the UART harness) for the design's totals, and
+    :func:`synth_parts` for the highway's own cells, against those totals."""
+    from accumulus.boards.boards import load_board
+    from accumulus.boards.report import run_report
+    from accumulus.compiler.plan import Plan
+    from accumulus.hw.top import GraphSpec
+
+    b = load_board(board)
+    plan = Plan.load(d)
+    t0 = time.perf_counter()
+    rep_file = d / "reports" / "report.json"
+    doc = json.loads(rep_file.read_text()) if rep_file.exists() else None
+    if doc is None or "exact" not in doc.get("policy", {}) or (pnr and not doc["policy"]["exact"].get("pnr")):
+        doc = run_report(d, b, ["exact"], variants=["lut"], pnr=pnr, workers=1)
+    syn = doc["policy"]["exact"]["synth"]["lut"]
+    if not syn.get("ok"):
+        return {"ok": False, "error": syn.get("error")}
+    parts = synth_parts(d, d / "reports" / "exact" / "rtl", board, plan)
+    if not parts["ok"]:
+        return parts
+    core = {k: sum(parts["parts"][p][k] for p in HIGHWAY_CORE) for k in ("lut", "ff", "bram", "bram_bits")}
+    total = syn["total"]
+    pnr_doc = doc["policy"]["exact"].get("pnr") or {}
+    util = pnr_doc.get("utilization", {})
+    graph = GraphSpec(plan, "exact")
+    fifos = {e.name: {"depth": graph.skip_fifo_depth(e, 0),
+                      "frame_beats": int(np.prod(plan.tensor_shape(e.layer["inputs"][0]))) // e.in_elems,
+                      "elem_bits": e.in_type.bits, "elems_per_beat": e.in_elems}
+             for e in graph.engines if e.kind == "add"}
+    out = {"ok": True, "tools": {**(doc.get("tools") or {}), "yosys_parts": parts["yosys"]}, "board": b.id,
+           "family": b.family,
+           "method": "totals: Yosys synth_ecp5 -nodsp of the flat top (the report's lut variant); highway parts: "
+                     "the same top with every other engine a blackbox, hierarchy kept, own cells per module "
+                     "(no cross-module optimisation, so the parts are an upper bound); placed: nextpnr-ecp5 "
+                     "on the top inside the UART harness",
+           "seconds": round(time.perf_counter() - t0, 1), "synth_total": total,
+           "synth_seconds": syn.get("seconds"), "parts": parts["parts"], "parts_seconds": parts["seconds"],
+           "highway_core": core, "highway_core_is": list(HIGHWAY_CORE),
+           "highway_lut_fraction_of_synth": round(core["lut"] / max(1, total["lut"]), 4),
+           "highway_ff_fraction_of_synth": round(core["ff"] / max(1, total["ff"]), 4),
+           "skip_fifos": fifos}
+    if pnr_doc:
+        placed_lut = util.get("TRELLIS_COMB", {}).get("used")
+        placed_ff = util.get("TRELLIS_FF", {}).get("used")
+        out["pnr"] = {"ok": pnr_doc.get("ok"), "fits": pnr_doc.get("fits"), "fmax_mhz": pnr_doc.get("fmax_mhz"),
+                      "utilization": util, "seconds": pnr_doc.get("seconds"),
+                      "note": "the placed design includes the UART harness"}
+        if placed_lut and placed_ff:
+            out["highway_lut_fraction_of_placed"] = round(core["lut"] / placed_lut, 4)
+            out["highway_ff_fraction_of_placed"] = round(core["ff"] / placed_ff, 4)
+    return out
 
 
 def main_(argv=None) -> int:
@@ -200,6 +323,15 @@ def main_(argv=None) -> int:
     if args.hw_only:
         doc = json.loads(RESULTS.read_text())
         keep = {(wb, ab, hw): Path(args.work) / f"W{wb}A{ab}_highway{hw}" for wb, ab in WIDTHS for hw in MODES}
+        if not all((d / "bench_model.pt").exists() for d in keep.values()):
+            # retrain seed 0 (deterministic: one thread, seeded) and check it reproduces the recorded runs
+            seed_args = argparse.Namespace(**{**vars(args), "seeds": args.seeds[:1]})
+            runs, keep = train_all(seed_args, ds_by_seed, results=None)
+            recorded = {(r["mode"], r.get("weight_bits")): r["test_accuracy"] for r in doc["runs"]
+                        if r["seed"] == args.seeds[0]}
+            doc["hardware_models_retrained"] = [
+                {"mode": r["mode"], "weight_bits": r.get("weight_bits"), "test_accuracy": r["test_accuracy"],
+                 "recorded_test_accuracy": recorded.get((r["mode"], r.get("weight_bits")))} for r in runs]
         doc["hardware"] = hardware(keep, ds_by_seed[args.seeds[0]], args.board)
         RESULTS.write_text(json.dumps(doc, indent=2))
         return 0

@@ -7,7 +7,9 @@ beats of its elements (hw/fifo.py). Where a producer emits ``a`` elements per be
 the consumer reads ``b``, a :class:`~accumulus.hw.width.WidthConverter` regroups them; a
 tensor read by several layers goes through a :class:`~accumulus.hw.fifo.Fork`, and the
 branch of a fork that feeds an ``add`` directly (the skip path of a residual block) gets
-a FIFO of one whole frame, so the skip path can never stall the main path into deadlock.
+a FIFO deep enough to cover the other branch's lead and latency
+(:meth:`GraphSpec.skip_fifo_depth`; a whole frame where no bound is known), so the skip
+path can never stall the main path into deadlock.
 
 Engines:
 
@@ -463,6 +465,56 @@ class GraphSpec:
         self.out_frame = last.out_frame
         self.producers = produced
 
+    def skip_fifo_depth(self, add: "EngineSpec", port: int) -> int:
+        """Entries of the FIFO in front of input ``port`` of residual add ``add``, when that
+        input comes straight from a fork (the skip path of a residual block).
+
+        The fork hands a beat to the skip path and the branch together, so the FIFO must hold
+        every beat the branch has to read before it can give the add the beat it waits for:
+        the branch's lead. A convolution of stride 1 that keeps the image size emits pixel
+        ``p`` once its window's last real pixel is in (hw/swg.py), ``yl*W + xl + 1`` pixels
+        ahead of ``p``; a requantizer is elementwise; the leads of a chain add up. On top of
+        the lead, the beats that arrive while a beat is in the branch's pipelines (at most
+        one per cycle: the engines' latencies), a pixel per width converter and two beats
+        (the fork and the add's registers), so the skip path never throttles the branch.
+        Anything else between fork and add (pooling, a matvec, a second join, a reorder) has
+        no such bound: the FIFO then holds a whole frame (+2), which never deadlocks.
+        """
+        plan = self.plan
+        skip, other = add.layer["inputs"][port], add.layer["inputs"][1 - port]
+        shape = plan.tensor_shape(skip)
+        frame_beats = _prod(shape) // add.in_elems + 2
+        chain, t = [], other
+        while t != skip:
+            e = self.producers.get(t)
+            if e is None or len(e.layer["inputs"]) != 1 or len(chain) > len(self.engines):
+                return frame_beats
+            chain.append(e)
+            t = e.layer["inputs"][0]
+        if len(shape) != 3 or not chain:
+            return frame_beats
+        h, w, c = shape
+        lead_px = 0
+        for e in chain:
+            if plan.tensor_shape(e.layer["output"])[:2] != (h, w):
+                return frame_beats
+            if e.kind == "requant":
+                continue
+            if e.kind != "conv" or e.swg is None or tuple(e.swg.stride) != (1, 1):
+                return frame_beats
+            top, left = e.swg.pads[0], e.swg.pads[1]
+            yl = min((e.swg.kernel[0] - 1) * e.swg.dilation[0] - top, h - 1)
+            xl = min((e.swg.kernel[1] - 1) * e.swg.dilation[1] - left, w - 1)
+            lead_px += yl * w + xl + 1
+        pixel_beats = -(-c // add.in_elems)
+        src = self.producers.get(skip)
+        # (consumer's beat, producer's beat) along the chain, add first: a width converter where they differ
+        elems = ([add.in_elems] + [x for e in chain for x in (e.out_elems, e.in_elems)]
+                 + [src.out_elems if src is not None else self.in_elems])
+        converters = sum(1 for a, b in zip(elems[0::2], elems[1::2]) if a != b)
+        depth = lead_px * pixel_beats + sum(e.latency for e in chain) + (converters + 1) * pixel_beats + 2
+        return min(depth, frame_beats)
+
     def _first_elems(self, first):
         # DESIGN.md: an input beat carries SIMD consecutive elements of the first layer's input.
         readers = [e for e in self.engines if self.plan.input_name in e.layer["inputs"]]
@@ -573,17 +625,16 @@ class Graph(wiring.Component):
             wiring.connect(m, stream, fork.i)
             available[tensor] = [(o, elems, itype, True) for o in fork.outputs]
 
-        def take(tensor, want_elems, name, skip_ok=False):
+        def take(tensor, want_elems, name, skip_depth=None):
             stream, elems, itype, forked = available[tensor].pop(0)
             if elems != want_elems:
                 wc = WidthConverter(itype, elems, want_elems)
                 m.submodules[f"wc_{name}"] = wc
                 wiring.connect(m, stream, wc.i)
                 stream = wc.o
-            if forked and skip_ok:
+            if forked and skip_depth is not None:
                 # The skip branch of a residual block waits here for the main branch.
-                depth = _prod(plan.tensor_shape(tensor)) // want_elems + 2
-                q = StreamFIFO(beat_layout(itype, want_elems), depth)
+                q = StreamFIFO(beat_layout(itype, want_elems), skip_depth)
                 m.submodules[f"skip_{name}"] = q
                 wiring.connect(m, stream, q.i)
                 stream = q.o
@@ -594,9 +645,9 @@ class Graph(wiring.Component):
             eng = BlackBoxEngine(e) if self.blackbox else e.create()
             m.submodules[e.module_name] = eng
             if e.kind == "add":
-                for port, t in zip((eng.a, eng.b), e.layer["inputs"]):
-                    wiring.connect(m, take(t, e.in_elems, f"{e.module_name}_{port is eng.b and 'b' or 'a'}",
-                                           skip_ok=True), port)
+                for k, (port, t) in enumerate(zip((eng.a, eng.b), e.layer["inputs"])):
+                    wiring.connect(m, take(t, e.in_elems, f"{e.module_name}_{'ab'[k]}",
+                                           skip_depth=s.skip_fifo_depth(e, k)), port)
             else:
                 wiring.connect(m, take(e.layer["inputs"][0], e.in_elems, e.module_name), eng.i)
             publish(e.layer["output"], eng.o, e.out_elems, e.out_type)
