@@ -216,6 +216,22 @@ def predict(row: dict, coeff: dict, terms) -> float:
     return float(sum(row[t] * coeff.get(t, 0.0) for t in terms))
 
 
+def _synthesise(entries: list[dict], jobs: list[SynthJob], workers, progress: bool, desc: str) -> None:
+    """Run the calibration engines' Yosys jobs; each entry gets its ``yosys`` totals and time."""
+    results = run_many(jobs, workers=workers, progress=progress, desc=desc)
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        raise RuntimeError(f"Yosys failed on calibration configurations {failed}: see their yosys.log")
+    for e, r in zip(entries, results):
+        e["yosys"] = r.total
+        e["seconds"] = round(r.seconds, 1)
+
+
+def _max_errors(entries: list[dict]) -> dict:
+    return {"max_abs_lut_error": max(abs(e["lut_error"]) for e in entries),
+            "max_abs_ff_error": max(abs(e["ff_error"]) for e in entries)}
+
+
 def calibrate(family: str, out_dir: Path, configs=DEFAULT_CONFIGS, *, dsp: bool = False, workers: int | None = None,
               write: bool = True, progress: bool = True) -> dict:
     """Build and synthesise every configuration, fit, check, and (``write``) store the coefficients."""
@@ -236,19 +252,12 @@ def calibrate(family: str, out_dir: Path, configs=DEFAULT_CONFIGS, *, dsp: bool 
                         "acc_bits": built["acc_bits"], "threshold_bits": built.get("threshold_bits")})
         jobs.append(SynthJob(cfg.name, [d / "rtl" / built["file"]], built["module"], family,
                              d / f"synth-{family}-{'dsp' if dsp else 'lut'}", dsp=dsp, flatten=True))
-    results = run_many(jobs, workers=workers, progress=progress, desc=f"calibration ({family})")
-    failed = [r.name for r in results if not r.ok]
-    if failed:
-        raise RuntimeError(f"Yosys failed on calibration configurations {failed}: see their yosys.log")
-    for e, r in zip(entries, results):
-        e["yosys"] = r.total
-        e["seconds"] = round(r.seconds, 1)
+    _synthesise(entries, jobs, workers, progress, f"calibration ({family})")
     coeff, old = fit_entries(entries, family, dsp)
     doc = {
         "family": family, "dsp": dsp, "yosys": yosys_version(), "configs": entries,
         "coefficients": coeff, "previous": old,
-        "max_abs_lut_error": max(abs(e["lut_error"]) for e in entries),
-        "max_abs_ff_error": max(abs(e["ff_error"]) for e in entries),
+        **_max_errors(entries),
         "seconds": round(time.monotonic() - t0, 1),
     }
     (out_dir / f"calibration-{family}.json").write_text(json.dumps(doc, indent=1) + "\n")
@@ -298,8 +307,7 @@ def refit(calibration_json: Path, write: bool = True) -> dict:
     doc = json.loads(Path(calibration_json).read_text())
     coeff, _ = fit_entries(doc["configs"], doc["family"], doc["dsp"])
     doc["coefficients"] = coeff
-    doc["max_abs_lut_error"] = max(abs(e["lut_error"]) for e in doc["configs"])
-    doc["max_abs_ff_error"] = max(abs(e["ff_error"]) for e in doc["configs"])
+    doc.update(_max_errors(doc["configs"]))
     Path(calibration_json).write_text(json.dumps(doc, indent=1) + "\n")
     if write:
         store(doc["family"], coeff, doc)
@@ -358,22 +366,15 @@ def calibrate_const(family: str, out_dir: Path, configs=CONST_CONFIGS, *, worker
                         "threshold_bits": int(rq["threshold_bits"]) if rq else 0, "const": built["const"]})
         jobs.append(SynthJob(cfg.name, [d / "rtl" / built["file"]], built["module"], family,
                              d / f"synth-{family}-lut", dsp=False, flatten=True))
-    results = run_many(jobs, workers=workers, progress=progress, desc=f"const calibration ({family})")
-    failed = [r.name for r in results if not r.ok]
-    if failed:
-        raise RuntimeError(f"Yosys failed on calibration configurations {failed}: see their yosys.log")
-    for e, r in zip(entries, results):
-        e["yosys"] = r.total
-        e["seconds"] = round(r.seconds, 1)
+    _synthesise(entries, jobs, workers, progress, f"const calibration ({family})")
     coeff = fit_const_entries(entries, family)
     doc = {"family": family, "engine": "const", "yosys": yosys_version(), "configs": entries,
            "coefficients": coeff,
-           "max_abs_lut_error": max(abs(e["lut_error"]) for e in entries),
-           "max_abs_ff_error": max(abs(e["ff_error"]) for e in entries),
+           **_max_errors(entries),
            "seconds": round(time.monotonic() - t0, 1)}
     (out_dir / f"calibration-{family}-const.json").write_text(json.dumps(doc, indent=1) + "\n")
     if write:
-        store_const(family, coeff, doc)
+        store(family, coeff, doc, engine="const")
     return doc
 
 
@@ -381,37 +382,26 @@ def refit_const(calibration_json: Path, write: bool = True) -> dict:
     """Fit the constant-weight coefficients again from a stored calibration (no synthesis)."""
     doc = json.loads(Path(calibration_json).read_text())
     doc["coefficients"] = fit_const_entries(doc["configs"], doc["family"])
-    doc["max_abs_lut_error"] = max(abs(e["lut_error"]) for e in doc["configs"])
-    doc["max_abs_ff_error"] = max(abs(e["ff_error"]) for e in doc["configs"])
+    doc.update(_max_errors(doc["configs"]))
     Path(calibration_json).write_text(json.dumps(doc, indent=1) + "\n")
     if write:
-        store_const(doc["family"], doc["coefficients"], doc)
+        store(doc["family"], doc["coefficients"], doc, engine="const")
     return doc
 
 
-def store_const(family: str, coeff: dict, doc: dict, path: Path | None = None) -> Path:
-    """Add the constant-weight coefficients to ``family``'s table and record their provenance."""
+def store(family: str, coeff: dict, doc: dict, path: Path | None = None, engine: str = "rom") -> Path:
+    """Write ``family``'s coefficients and record where they came from: ``rom`` replaces the
+    family's table, ``const`` adds the constant-weight coefficients to it."""
     path = Path(path or coefficients_path())
     data = json.loads(path.read_text())
-    data["families"][family].update(coeff)
-    data.setdefault("calibration", {})[f"{family}-const"] = {
-        "yosys": doc["yosys"], "configs": len(doc["configs"]),
-        "max_abs_lut_error": doc["max_abs_lut_error"], "max_abs_ff_error": doc["max_abs_ff_error"],
-        "by": "boards/calibrate.py --engine const"}
-    path.write_text(json.dumps(data, indent=1) + "\n")
-    return path
-
-
-def store(family: str, coeff: dict, doc: dict, path: Path | None = None) -> Path:
-    """Replace ``family``'s table in the coefficients file and record where it came from."""
-    path = Path(path or coefficients_path())
-    data = json.loads(path.read_text())
-    data["families"][family] = coeff
-    data.setdefault("calibration", {})[family] = {
-        "yosys": doc["yosys"], "configs": len(doc["configs"]),
-        "max_abs_lut_error": doc["max_abs_lut_error"], "max_abs_ff_error": doc["max_abs_ff_error"],
-        "by": "boards/calibrate.py", "dsp": doc["dsp"],
-    }
+    record = {"yosys": doc["yosys"], "configs": len(doc["configs"]),
+              "max_abs_lut_error": doc["max_abs_lut_error"], "max_abs_ff_error": doc["max_abs_ff_error"]}
+    if engine == "const":
+        data["families"][family].update(coeff)
+        data.setdefault("calibration", {})[f"{family}-const"] = dict(record, by="boards/calibrate.py --engine const")
+    else:
+        data["families"][family] = coeff
+        data.setdefault("calibration", {})[family] = dict(record, by="boards/calibrate.py", dsp=doc["dsp"])
     path.write_text(json.dumps(data, indent=1) + "\n")
     return path
 
