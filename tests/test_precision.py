@@ -55,6 +55,30 @@ def _weight_perturber(m, xt, w):
     return perturb
 
 
+def _act_fd_gain(m, xt, module, n_elems):
+    """_fd_gain of ``module``'s output (one activation per sample and element), perturbed by a
+    forward hook."""
+    state = {}
+
+    def hook(mod, inp, out):
+        if "j" in state:
+            out = out.clone()
+            out[:, state["j"]] += state["e"]
+        return out
+
+    h = module.register_forward_hook(hook)
+    try:
+        def perturb(j, e):
+            state.update(j=j, e=e)
+            out = m(xt)
+            state.clear()
+            return out
+
+        return _fd_gain(m, xt, perturb, n_elems)
+    finally:
+        h.remove()
+
+
 def _fd_gain(model, x, perturb, n_elems, eps=1e-6):
     """mean_n sum_{i != y} ||d(z_y - z_i)/dh||^2 / (24 (z_y - z_i)^2), by central differences."""
     with torch.no_grad():
@@ -96,25 +120,7 @@ def test_gains_agree_with_finite_differences(tiny):
     assert by["layers.1.weight"].E / r_w ** 2 == pytest.approx(fd_w, rel=1e-5)
 
     # activation tensor: the first ReLU's output (12 per sample)
-    state = {}
-
-    def hook(mod, inp, out):
-        if "j" in state:
-            out = out.clone()
-            out[:, state["j"]] += state["e"]
-        return out
-
-    h = m.acts[0].register_forward_hook(hook)
-    try:
-        def perturb_a(j, e):
-            state.update(j=j, e=e)
-            out = m(xt)
-            state.clear()
-            return out
-
-        fd_a = _fd_gain(m, xt, perturb_a, 12)
-    finally:
-        h.remove()
+    fd_a = _act_fd_gain(m, xt, m.acts[0], 12)
     with torch.no_grad():
         act_max = float(torch.relu(model.layers[0](torch.from_numpy(ds.x_train).flatten(1))).max())
     r_a = _pow2_above(act_max)
@@ -284,25 +290,7 @@ def test_digits_mlp_gains_agree_with_finite_differences(tmp_path):
     assert t_w.range == _pow2_above(float(model.layers[1].weight.detach().abs().max()))
     assert t_w.E / t_w.range ** 2 == pytest.approx(fd_w, rel=1e-5)
 
-    state = {}
-
-    def hook(mod, inp, out):
-        if "j" in state:
-            out = out.clone()
-            out[:, state["j"]] += state["e"]
-        return out
-
-    h = m.acts[1].register_forward_hook(hook)
-    try:
-        def perturb_a(j, e):
-            state.update(j=j, e=e)
-            out = m(xt)
-            state.clear()
-            return out
-
-        fd_a = _fd_gain(m, xt, perturb_a, 64)
-    finally:
-        h.remove()
+    fd_a = _act_fd_gain(m, xt, m.acts[1], 64)
     t_a = by["acts.1"]
     assert t_a.E / t_a.range ** 2 == pytest.approx(fd_a, rel=1e-5)
     assert fd_w > 0 and fd_a > 0
