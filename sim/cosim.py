@@ -167,6 +167,24 @@ def _trim(r: dict) -> dict:
     return keep
 
 
+def run_jobs(jobs, top: Design, simulator: str, out_dir: Path, *, seed: int, backpressure: float,
+             measure_frames: int, waves: bool, log: Callable[[str], None]) -> list[dict]:
+    """Run ``(design, x, y, source)`` jobs on ``simulator``, one work folder each under
+    ``out_dir``; only ``top`` measures throughput and writes waveforms."""
+    runs = []
+    for design, x, y, source in jobs:
+        log(f"sim: {design.name} on {simulator}: {len(x)} frames ({source}), back-pressure {backpressure}")
+        r = run(design, x, y, simulator=simulator, build_root=out_dir / "build", work_dir=out_dir / f"run-{design.name}-{simulator}",
+                seed=seed, backpressure=backpressure, measure_frames=measure_frames if design is top else 0,
+                waves=waves and design is top)
+        r["stimulus"] = source
+        runs.append(r)
+        log(f"sim: {design.name}: {r['frames_ok']}/{r['frames_checked']} frames bit-exact"
+            + (f", build {r['build_seconds']:.1f} s" if not r["build_reused"] else ", build reused")
+            + f", sim {r['sim_seconds']:.1f} s")
+    return runs
+
+
 def simulate(project: str | Path, simulator: str = "icarus", frames: int = 100, seed: int = 0,
              backpressure: float = 0.3, stimulus: str = "test", waves: bool = False, measure_frames: int = 8,
              out: str | Path | None = None, engines: bool = False, log: Callable[[str], None] = print) -> dict:
@@ -236,17 +254,8 @@ def simulate(project: str | Path, simulator: str = "icarus", frames: int = 100, 
             x, y = env[layer["inputs"][0]].reshape(n, -1), env[layer["output"]].reshape(n, -1)
             jobs.append((d, x, y, f"golden input of layer '{layer['name']}' (engine alone)"))
 
-    runs = []
-    for design, x, y, source in jobs:
-        log(f"sim: {design.name} on {simulator}: {len(x)} frames ({source}), back-pressure {backpressure}")
-        r = run(design, x, y, simulator=simulator, build_root=out_dir / "build", work_dir=out_dir / f"run-{design.name}-{simulator}",
-                seed=seed, backpressure=backpressure, measure_frames=measure_frames if design is top else 0,
-                waves=waves and design is top)
-        r["stimulus"] = source
-        runs.append(r)
-        log(f"sim: {design.name}: {r['frames_ok']}/{r['frames_checked']} frames bit-exact"
-            + (f", build {r['build_seconds']:.1f} s" if not r["build_reused"] else ", build reused")
-            + f", sim {r['sim_seconds']:.1f} s")
+    runs = run_jobs(jobs, top, simulator, out_dir, seed=seed, backpressure=backpressure,
+                    measure_frames=measure_frames, waves=waves, log=log)
 
     topr = runs[0]
     est = plan.doc.get("estimate", {}).get("cycles_per_frame")

@@ -22,7 +22,8 @@ from accumulus.compiler.frontend.mls_load import MLSPlan
 from accumulus.errors import UserError
 
 from .axis import StreamFormat
-from .runner import SIMULATORS, Design, run, simulator_version
+from .cosim import run_jobs
+from .runner import SIMULATORS, Design, simulator_version
 
 __all__ = ["layer_golden", "worst_frames", "input_worst_frames", "test_inputs", "simulate_mls"]
 
@@ -222,17 +223,8 @@ def simulate_mls(project: str | Path, simulator: str = "icarus", frames: int = 1
             jobs.append((d, x, env[layer["output"] + ".int"].reshape(n, -1),
                          f"golden input of layer '{layer['name']}' (stage alone)"))
 
-    runs = []
-    for design, x, y, src in jobs:
-        log(f"sim: {design.name} on {simulator}: {len(x)} frames ({src}), back-pressure {backpressure}")
-        r = run(design, x, y, simulator=simulator, build_root=out_dir / "build",
-                work_dir=out_dir / f"run-{design.name}-{simulator}", seed=seed, backpressure=backpressure,
-                measure_frames=measure_frames if design is top else 0, waves=waves and design is top)
-        r["stimulus"] = src
-        runs.append(r)
-        log(f"sim: {design.name}: {r['frames_ok']}/{r['frames_checked']} frames bit-exact"
-            + (f", build {r['build_seconds']:.1f} s" if not r["build_reused"] else ", build reused")
-            + f", sim {r['sim_seconds']:.1f} s")
+    runs = run_jobs(jobs, top, simulator, out_dir, seed=seed, backpressure=backpressure,
+                    measure_frames=measure_frames, waves=waves, log=log)
     topr = runs[0]
     est = t.get("cycles_per_frame")
     cpf = topr.get("cycles_per_frame")
