@@ -5,7 +5,9 @@ Steps (each the project's own CLI, one process at a time, ``--threads 1``), for 
 1. ``accumulus train --preset digits-mlp --quant float --seed S`` (the float reference);
 2. ``accumulus precision DIR --mismatch M`` (M = ``--mismatch``, default 0.01): noise gains
    ``E_h``, per-tensor widths ``B_h = B_min + round(log2 sqrt(E_h/E_min))`` with the smallest
-   ``B_min`` whose bound meets M (the rule of ``accumulus precision``, unchanged);
+   ``B_min`` whose bound meets M (the rule of ``accumulus precision``, unchanged), once with
+   Sakr's bound (``--bound sakr``) and once with the per-sample capped bound (``--bound
+   capped``, quant/precision.py);
 3. for every ``--targets`` mismatch (the bound is loose, so several) the ``B_min`` that rule
    picks, and for each ``B_min`` (those plus ``--hw-b-min``) the assignment's bound, measured
    float-vs-fixed-point mismatch and full adders, and the smallest uniform width ``u`` in
@@ -15,8 +17,8 @@ Steps (each the project's own CLI, one process at a time, ``--threads 1``), for 
    --precision``; a uniform width ``u`` is a precision.json with every ``B = u``): test accuracy
    against the same seed's float model.
 
-Hardware, for the seed ``--hw-seed`` only (Yosys on the B_min 11 design takes ~9 minutes):
-the chosen assignment, each ``--hw-b-min`` assignment and their uniform widths are compiled
+Hardware, for the seed ``--hw-seed`` only (Yosys on the B_min 11 design takes ~4 minutes):
+the chosen assignments (both bounds), each ``--hw-b-min`` assignment and their uniform widths are compiled
 (``accumulus compile --engine rom --board B``) and synthesised (``boards/report.py`` run_report,
 policy exact, variant ``lut``: multipliers in LUTs; no place and route), with the plan's
 full-adder figure beside Yosys' LUTs and the LUTs of every part of the netlist split.
@@ -144,10 +146,16 @@ def main_(argv=None):
              str(seed), "--threads", "1", "--quiet", "--out", str(fdir)])
         run(["precision", str(fdir), "--mismatch", str(args.mismatch), "--threads", "1", "--quiet"])
         pdoc = json.loads((fdir / "precision.json").read_text())
+        run(["precision", str(fdir), "--mismatch", str(args.mismatch), "--bound", "capped", "--threads", "1",
+             "--quiet", "--out", str(fdir / "precision-capped.json")])
+        pdoc_c = json.loads((fdir / "precision-capped.json").read_text())
         model, cfg, ds, _ = P.load_float_project(fdir)
         infos = P.tensor_infos(model, ds.x_train)
         P.set_input_exact_bits(infos, cfg.input_scale)
+        P.noise_gains(model, infos, ds.x_test)
+        S = P.per_sample_matrix(infos)
         gains = [t["E"] for t in pdoc["tensors"]]
+        assert np.allclose(gains, [t.E for t in infos], rtol=1e-9), "the gains must be accumulus precision's"
         method, convention, test_samples = pdoc["method"], pdoc["convention"], int(len(ds.x_test))
         ref = P.float_predictions(model, ds.x_test)
         float_acc = float(np.mean(ref == ds.y_test))
@@ -167,15 +175,18 @@ def main_(argv=None):
             fa = P.full_adder_cost(infos, bits)[0]
             u = next((uniform(b) for b in range(2, 17) if uniform(b)["measured_mismatch"] <= mm), None)
             return {"B_min": b_min, "bits": dict(zip([t.name for t in infos], bits)),
-                    "mismatch_bound": P.mismatch_bound(gains, bits), "measured_mismatch": mm,
+                    "mismatch_bound": P.mismatch_bound(gains, bits), "capped_bound": P.capped_bound(S, bits),
+                    "measured_mismatch": mm,
                     "full_adders": fa, "uniform": u,
                     "full_adders_ratio_uniform_over_assignment": round(u["full_adders"] / fa, 3) if u else None,
                     "assignment_cheaper": bool(u and fa < u["full_adders"])}
 
         by_target = {t: P.choose_b_min(gains, t) for t in targets}
+        by_target_c = {t: P.choose_b_min(gains, t, "capped", S) for t in targets}
         assert by_target[args.mismatch] == pdoc["B_min"], "the benchmark's rule must be accumulus precision's"
+        assert by_target_c[args.mismatch] == pdoc_c["B_min"], "the benchmark's rule must be accumulus precision's"
         points = {}
-        for b in sorted(set(by_target.values()) | set(extra_b)):
+        for b in sorted(set(by_target.values()) | set(by_target_c.values()) | set(extra_b)):
             pt = compare(b)
             f_a = write_precision(pdoc, list(pt["bits"].values()), sdir / f"bmin{b}.json", b, pt["mismatch_bound"])
             pt["qat_test_accuracy"] = qat(sdir / f"bmin{b}", f_a, seed, args.epochs)
@@ -192,7 +203,11 @@ def main_(argv=None):
                   flush=True)
         per_seed.append({
             "seed": seed, "float_test_accuracy": float_acc, "chosen_B_min": pdoc["B_min"],
+            "chosen_B_min_capped": pdoc_c["B_min"],
             "B_min_by_target": {str(t): b for t, b in by_target.items()},
+            "B_min_by_target_capped": {str(t): b for t, b in by_target_c.items()},
+            "top5_samples_share_of_E": [round(float(np.sort(S[:, h])[-5:].sum() / S[:, h].sum()), 4)
+                                        for h in range(S.shape[1])],
             "tensors": [{k: t[k] for k in ("name", "kind", "E", "offset", "B", "range")} for t in pdoc["tensors"]],
             "points": [points[b] for b in sorted(points)],
             "b_min_2_to_8": [compare(b) for b in range(2, 9)],
@@ -209,6 +224,8 @@ def main_(argv=None):
         across.append({
             "B_min": b, "seeds": [s["seed"] for s, _ in rows],
             "chosen_for_targets": sorted({float(t) for s, _ in rows for t, bb in s["B_min_by_target"].items() if bb == b}),
+            "chosen_for_targets_capped": sorted({float(t) for s, _ in rows
+                                                 for t, bb in s["B_min_by_target_capped"].items() if bb == b}),
             "assignment_accuracy_drop_points": summary(drops),
             "uniform_bits": [p["uniform"]["bits"] for _, p in rows],
             "uniform_accuracy_drop_points": summary(udrops),
@@ -218,8 +235,21 @@ def main_(argv=None):
             "within_1_point_of_float_mean": statistics.fmean(drops) <= 1.0,
             "within_1_point_of_float_every_seed": max(drops) <= 1.0,
         })
+    must = {}
+    for bound, key in (("sakr", "chosen_B_min"), ("capped", "chosen_B_min_capped")):
+        rows = []
+        for s in per_seed:
+            p = next(p for p in s["points"] if p["B_min"] == s[key])
+            rows.append({"seed": s["seed"], "B_min": p["B_min"], "accuracy_drop_points": p["accuracy_drop_points"],
+                         "within_1_point": p["accuracy_drop_points"] <= 1.0, "uniform_bits": p["uniform"]["bits"],
+                         "full_adders": p["full_adders"], "uniform_full_adders": p["uniform"]["full_adders"],
+                         "full_adders_lower": p["assignment_cheaper"]})
+        must[bound] = {"target": args.mismatch, "per_seed": rows,
+                       "seeds_meeting_accuracy_and_full_adders": sum(r["within_1_point"] and r["full_adders_lower"]
+                                                                     for r in rows)}
     result = {
         "benchmark": "sakr_precision", "model": "digits-mlp (64-64-64-10)",
+        "must_show_by_bound": must,
         "method": method, "convention": convention,
         "options": vars(args), "test_samples": test_samples, "float_test_accuracy": summary([s["float_test_accuracy"] for s in per_seed]),
         "across_seeds": across, "per_seed": per_seed,
@@ -232,14 +262,16 @@ def main_(argv=None):
         s = next(s for s in per_seed if s["seed"] == args.hw_seed)
         sdir = work / f"seed{args.hw_seed}"
         built = {}
-        for b in [s["chosen_B_min"]] + [b for b in extra_b if b != s["chosen_B_min"]]:
+        order = [s["chosen_B_min"], s["chosen_B_min_capped"]] + extra_b
+        for b in dict.fromkeys(order):
             pt = next(p for p in s["points"] if p["B_min"] == b)
             u = pt["uniform"]["bits"]
             for key in (f"bmin{b}", f"uniform{u}"):
                 if key not in built:
                     built[key] = hardware(sdir / key, args)
             a, un = built[f"bmin{b}"], built[f"uniform{u}"]
-            hw.append({"point": "chosen" if b == s["chosen_B_min"] else f"bmin{b}", "B_min": b, "uniform_bits": u,
+            names = [n for n, k in (("chosen", "chosen_B_min"), ("chosen_capped", "chosen_B_min_capped")) if s[k] == b]
+            hw.append({"point": "+".join(names) or f"bmin{b}", "B_min": b, "uniform_bits": u,
                        "assignment": {"qat_test_accuracy": pt["qat_test_accuracy"],
                                       "accuracy_drop_points": pt["accuracy_drop_points"], **a},
                        "uniform": {"qat_test_accuracy": pt["uniform"]["qat_test_accuracy"],

@@ -24,7 +24,7 @@ from accumulus.errors import UserError
 
 from .boards import Board
 
-__all__ = ["harness_build_plan", "place_and_route", "vivado_plan", "yowasp_env", "parse_nextpnr_report",
+__all__ = ["harness_build_plan", "place_and_route", "retarget_clock", "vivado_plan", "yowasp_env", "parse_nextpnr_report",
            "rtl_files", "harness_params"]
 
 BAUD = 115200
@@ -91,8 +91,11 @@ def _harness_top(board: Board, files: dict[str, str], params: dict):
 
 
 def harness_build_plan(board: Board, files: dict[str, str], params: dict, *, dsp: bool = False,
-                       report: bool = True, name: str = "accumulus_board"):
-    """The amaranth-boards build plan of the harness around the generated top."""
+                       report: bool = True, name: str = "accumulus_board", clock_mhz: float | None = None):
+    """The amaranth-boards build plan of the harness around the generated top.
+
+    ``clock_mhz``: the clock constraint place and route works towards, instead of the
+    board oscillator's (see :func:`retarget_clock`)."""
     platform = board.platform()
     for fname, text in files.items():
         platform.add_file(fname, text)
@@ -109,7 +112,45 @@ def harness_build_plan(board: Board, files: dict[str, str], params: dict, *, dsp
             kwargs["synth_opts"] = "-nodsp"
         kwargs["script_after_synth"] = "tee -q -o stat.json stat -json"
         kwargs["script_after_read"] = "proc\nsplitnets"   # Yosys issue 4349, see synth.py
-    return platform.build(top, name=name, do_build=False, **kwargs)
+    plan = platform.build(top, name=name, do_build=False, **kwargs)
+    if clock_mhz is not None:
+        retarget_clock(plan, board, clock_mhz)
+    return plan
+
+
+def retarget_clock(plan, board: Board, clock_mhz: float) -> int:
+    """Set the clock constraint of an amaranth build plan to ``clock_mhz`` (in place).
+
+    The harness runs on the board's oscillator (ULX3S: 25 MHz), and nextpnr's timing-driven
+    placement and routing stop improving once a constraint is met, so a slack at 25 MHz
+    says little about how fast the design can go. To measure Fmax, the constraint is
+    raised to the clock the design is pipelined for; the bitstream then needs that clock
+    (a PLL in front of the harness, not generated here), so only the timing figures count.
+    The constraint is the one amaranth writes: ECP5 ``FREQUENCY PORT "..." F HZ;`` in the
+    .lpf, iCE40 ``set_frequency PORT F`` (MHz) in the .pcf. Returns
+    how many constraints were changed; raises when there was none to change.
+    """
+    if not clock_mhz > 0:
+        raise UserError(f"clock {clock_mhz} MHz: give a positive frequency")
+    import re
+
+    n = 0
+    for fname, text in list(plan.files.items()):
+        if not isinstance(text, str):
+            continue
+        new = text
+        if fname.endswith(".lpf"):
+            new, k = re.subn(r"(FREQUENCY\s+(?:PORT|NET)\s+\S+\s+)[0-9.eE+]+(\s*HZ)",
+                             lambda m: f"{m.group(1)}{clock_mhz * 1e6:.1f}{m.group(2)}", text)
+            n += k
+        elif fname.endswith(".pcf"):
+            new, k = re.subn(r"^(set_frequency\s+\S+\s+)[0-9.eE+]+",
+                             lambda m: f"{m.group(1)}{clock_mhz}", text, flags=re.M)
+            n += k
+        plan.files[fname] = new
+    if n == 0:
+        raise UserError(f"no clock constraint found in the {board.family} build files to set to {clock_mhz} MHz")
+    return n
 
 
 def parse_nextpnr_report(path: Path) -> dict:
@@ -141,7 +182,7 @@ def extract(plan, root: Path) -> Path:
 
 
 def place_and_route(board: Board, rtl_dir: Path, out_dir: Path, params: dict, *, dsp: bool = False,
-                    timeout: float | None = None) -> dict:
+                    timeout: float | None = None, clock_mhz: float | None = None) -> dict:
     """Synthesise, place and route the harness + top; Fmax, utilisation, fits, bitstream path.
 
     Never raises on a design that does not fit: ``fits`` is False and ``error`` holds the
@@ -154,7 +195,7 @@ def place_and_route(board: Board, rtl_dir: Path, out_dir: Path, params: dict, *,
     if out_dir.exists():
         shutil.rmtree(out_dir)
     files = rtl_files(rtl_dir)
-    plan = harness_build_plan(board, files, params, dsp=dsp)
+    plan = harness_build_plan(board, files, params, dsp=dsp, clock_mhz=clock_mhz)
     build_dir = extract(plan, out_dir)
     t0 = time.monotonic()
     with open(build_dir / "build.log", "w") as log:
@@ -163,7 +204,7 @@ def place_and_route(board: Board, rtl_dir: Path, out_dir: Path, params: dict, *,
     seconds = time.monotonic() - t0
     result = {"board": board.id, "family": board.family, "dsp": dsp, "ok": proc.returncode == 0,
               "seconds": round(seconds, 1), "harness": params, "build_dir": str(build_dir),
-              "clock_mhz": board.clock_mhz, "fmax_mhz": None, "fits": False, "utilization": {},
+              "clock_mhz": board.clock_mhz, "constraint_mhz": clock_mhz or board.clock_mhz, "fmax_mhz": None, "fits": False, "utilization": {},
               "bitstream": None, "error": None}
     rep = build_dir / "nextpnr_report.json"
     if rep.exists():

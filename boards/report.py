@@ -142,8 +142,11 @@ def _ratio(a, b):
 def run_report(project: Path, board: Board, policies=DEFAULT_POLICIES, *, estimate_only: bool = False,
                pnr: bool = True, variants: list[str] | None = None, workers: int | None = None,
                out: Path | None = None, plan_note: str | None = None, progress: bool = True,
-               layer_jobs: bool = False) -> dict:
-    """Build, synthesise, place and route ``project``'s plan under each policy; write the report."""
+               layer_jobs: bool = False, pnr_clock_mhz: float | None = None) -> dict:
+    """Build, synthesise, place and route ``project``'s plan under each policy; write the report.
+
+    ``pnr_clock_mhz``: place and route against that clock constraint instead of the board
+    oscillator's (an Fmax measurement, :func:`boards.pnr.retarget_clock`)."""
     project = Path(project)
     out = Path(out or project)
     rep_dir = out / "reports"
@@ -250,7 +253,7 @@ def run_report(project: Path, board: Board, policies=DEFAULT_POLICIES, *, estima
             params = harness_params(builds[pol])
             d = rep_dir / policy_dir(pol)
             pnr_futures[pol] = pool.submit(place_and_route, board, d / "rtl", d / f"pnr-{board.family}-{pvar}",
-                                           params, dsp=(pvar == "dsp"))
+                                           params, dsp=(pvar == "dsp"), clock_mhz=pnr_clock_mhz)
         say(f"place and route ({len(pnr_futures)} runs, variant {pvar}) ...")
         for pol, fut in pnr_futures.items():
             r = fut.result()

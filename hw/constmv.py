@@ -104,6 +104,12 @@ class ConstMVSpec(MacLayerSpec):
         Adder levels per pipeline stage (0: combinational graph + output register).
     cse : bool
         Share two-term subexpressions across channels.
+    keep_adders : bool
+        Mark every adder's output wire ``(* keep *)`` (default). Without it Yosys'
+        ``alumacc`` merges chains of two-operand adders within a pipeline stage into
+        multi-operand ``$macc`` cells, which ``synth_ecp5`` maps to LUT4 compressor trees
+        instead of one carry chain per adder: 26% more LUTs on digits-mlp's layers
+        (benchmarks/results/da4ml_peer.json, ``const_exact`` vs ``const_exact_keep``).
     threshold_search : str
         Threshold requant form; a one-vector-per-cycle engine needs ``parallel``
         (``auto`` picks it).
@@ -112,12 +118,13 @@ class ConstMVSpec(MacLayerSpec):
     ENGINE = "constant-weight engine"
 
     def __init__(self, plan: Plan, layer: dict, acc_policy: str = "exact", register_every: int = 2,
-                 cse: bool = True, threshold_search: str = "auto"):
+                 cse: bool = True, threshold_search: str = "auto", keep_adders: bool = True):
         policy_arg = self._load_layer(plan, layer, acc_policy)
         name, n = self.name, self.channels
         if isinstance(register_every, bool) or not isinstance(register_every, int) or register_every < 0:
             raise ValueError(f"layer '{name}': register_every must be an int >= 0, got {register_every!r}")
         self.register_every = register_every
+        self.keep_adders = bool(keep_adders)
 
         self.graph = g = AdderGraph(self.weights, self.input_type, cse=cse, register_every=register_every)
 
@@ -242,6 +249,7 @@ class ConstMVSpec(MacLayerSpec):
             "shared_subexpressions": g.shared,
             "adder_levels": g.max_level,
             "register_every": self.register_every,
+            "keep_adders": self.keep_adders,
             "pipeline_depth": self.pipeline_depth,
             "pipeline_register_bits": int(regs),
             "acc_register_bits": int(acc_regs),
@@ -328,7 +336,8 @@ class ConstMV(wiring.Component):
                 else:
                     expr = tb - ta
             # the exact range fits this width, so the truncation drops only copies of the sign
-            sig = Signal(signed(spec.bits[node]), name=f"n{node}")
+            sig = Signal(signed(spec.bits[node]), name=f"n{node}",
+                         attrs={"keep": 1} if spec.keep_adders else {})
             m.d.comb += sig.eq(expr)
             value[(node, t)] = sig
 

@@ -156,3 +156,27 @@ endmodule
     assert ports["s_axis_tdata"] == 40 and ports["m_axis_tdata"] == 8 and ports["clk"] == 1
     with pytest.raises(ValueError, match="lacks the AXI-Stream ports"):
         VerilogTop.from_verilog(text)
+
+
+@pytest.mark.parametrize("board_id,pattern", [("ulx3s-85f", r'FREQUENCY PORT "clk25_0__io" ([0-9.]+) HZ;'),
+                                              ("icebreaker", r"set_frequency clk12_0__io ([0-9.]+)")])
+def test_pnr_clock_constraint_retargets(board_id, pattern):
+    """``report --pnr-clock-mhz``: the generated constraint file asks place and route for the
+    given clock instead of the oscillator's; without it the oscillator's stays."""
+    import re
+
+    from accumulus.boards.boards import load_board
+    from accumulus.boards.pnr import harness_build_plan
+
+    board = load_board(board_id)
+    params = {"in_elems": 4, "in_width": 8, "frame_elems": 16, "out_bits": 8, "in_bits": 32, "out_beats_per_frame": 1}
+    files = {"accumulus_top.v": "module accumulus_top(); endmodule\n"}
+
+    def constraints(plan):
+        return [float(v) for t in plan.files.values() if isinstance(t, str) for v in re.findall(pattern, t)]
+
+    unit = 1e6 if board_id == "ulx3s-85f" else 1.0
+    assert constraints(harness_build_plan(board, files, params)) == [board.clock_mhz * unit]
+    assert constraints(harness_build_plan(board, files, params, clock_mhz=150.0)) == [150.0 * unit]
+    with pytest.raises(Exception, match="positive"):
+        harness_build_plan(board, files, params, clock_mhz=0)

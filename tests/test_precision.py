@@ -21,6 +21,7 @@ require_module("brevitas")
 import torch.nn.functional as F  # noqa: E402
 
 from accumulus.cli import main  # noqa: E402
+from accumulus.errors import UserError  # noqa: E402
 from accumulus.quant import precision as P  # noqa: E402
 from accumulus.quant.models import make_config, preset  # noqa: E402
 from accumulus.quant.train import TrainOptions, train  # noqa: E402
@@ -154,6 +155,34 @@ def test_offsets_bound_and_b_min(tiny):
     assert [layer["D"] for layer in res["cost_layers"]] == [64, 12, 10]
 
 
+def test_capped_bound(tiny):
+    """The per-sample capped bound: its terms average to E, it is the mean of per-sample
+    minima, never above Sakr's, equal to it where no sample reaches 1, and it chooses a
+    B_min no larger."""
+    _, model, ds = tiny
+    infos = P.tensor_infos(model, ds.x_train)
+    P.noise_gains(model, infos, ds.x_test)
+    S = P.per_sample_matrix(infos)
+    assert S.shape == (len(ds.x_test), len(infos)) and np.all(S >= 0)
+    gains = [t.E for t in infos]
+    assert np.allclose(S.mean(0), gains, rtol=1e-12)
+    for bits in ([2] * len(infos), [4, 3, 5, 2, 6, 3][:len(infos)], [12] * len(infos)):
+        per = [min(1.0, sum(S[s, h] * 4.0 ** (1 - bits[h]) for h in range(len(infos)))) for s in range(len(S))]
+        capped = P.capped_bound(S, bits)
+        assert capped == pytest.approx(sum(per) / len(per), rel=1e-12)
+        assert capped <= P.mismatch_bound(gains, bits) * (1 + 1e-12)
+    assert P.capped_bound(S, [2] * len(infos)) < P.mismatch_bound(gains, [2] * len(infos)), "the cap never bit"
+    # wide enough that no sample reaches 1: the two bounds are the same sum
+    assert P.capped_bound(S, [16] * len(infos)) == pytest.approx(P.mismatch_bound(gains, [16] * len(infos)), rel=1e-9)
+    for target in (0.3, 0.05, 0.01):
+        assert P.choose_b_min(gains, target, "capped", S) <= P.choose_b_min(gains, target)
+    res = P.precision_assignment(model, ds.x_train, ds.x_test, ds.x_test, 0.05, bound="capped")
+    assert res["bound"] == "capped" and res["mismatch_bound"] == res["bounds"]["capped"] <= 0.05
+    assert res["bounds"]["sakr"] >= res["bounds"]["capped"]
+    with pytest.raises(UserError, match="--bound"):
+        P.precision_assignment(model, ds.x_train, ds.x_test, ds.x_test, 0.05, bound="tight")
+
+
 def _mlp_fixed_point(model, tensors, x):
     """Top-1 of a float QuantMLP with every tensor quantized as precision.json says."""
     t = {d["name"]: d for d in tensors}
@@ -243,7 +272,8 @@ def test_cnn_tensors_and_gains(tmp_path):
 
 @pytest.mark.slow
 def test_digits_mlp_measured_mismatch_within_bound(tmp_path):
-    """digits-mlp, float-trained: for B_min = 2..8 the measured mismatch is <= Sakr's bound."""
+    """digits-mlp, float-trained: for B_min = 2..8 the measured mismatch is <= the capped
+    bound <= Sakr's bound."""
     cfg = preset("digits-mlp", quant="float")
     model, _ = train(cfg, tmp_path, TrainOptions(epochs=5, seed=0, progress=False, float_baseline=False))
     assert main(["precision", str(tmp_path), "--mismatch", "0.01", "--quiet"]) == 0
@@ -261,8 +291,9 @@ def test_digits_mlp_measured_mismatch_within_bound(tmp_path):
         tensors = [dict(t, B=int(b)) for t, b in zip(res["tensors"], B)]
         measured = float(np.mean(_mlp_fixed_point(model, tensors, ds.x_test) != ref))
         bound = float(np.sum(E * 4.0 ** (1 - B)))
-        rows.append((b_min, measured, bound))
-        assert measured <= bound, rows
+        capped = next(r["capped_bound"] for r in res["b_min_sweep"] if r["B_min"] == b_min)
+        rows.append((b_min, measured, bound, capped))
+        assert measured <= capped <= bound * (1 + 1e-12), rows
     # the chosen assignment: its own bound meets the target and its measurement does too
     tensors = res["tensors"]
     measured = float(np.mean(_mlp_fixed_point(model, tensors, ds.x_test) != ref))

@@ -8,6 +8,7 @@ EXAMPLES = """
   accumulus report build/tfc --board ulx3s-85f --policies exact,fixed:32
   accumulus report build/tfc --board arty-a7-35t --no-pnr          # Yosys numbers + Vivado TCL/XDC
   accumulus report build/tfc --board ulx3s-85f --estimate-only     # compiler/cost.py only, milliseconds
+  accumulus report build/dm --board ulx3s-85f --policies exact --variants lut --pnr-clock-mhz 150   # Fmax at 150 MHz
   accumulus report build/demo --board icebreaker --synthetic-preset digits-mlp   # no trained plan yet
 """
 
@@ -21,6 +22,9 @@ def add_arguments(p):
                         "(default: exact,datatype,fixed:32)")
     p.add_argument("--estimate-only", action="store_true", help="only the cost model: no build, no synthesis")
     p.add_argument("--no-pnr", action="store_true", help="skip place and route (Yosys numbers only)")
+    p.add_argument("--pnr-clock-mhz", type=float, default=None, metavar="F",
+                   help="place and route against an F MHz clock constraint instead of the board oscillator's, "
+                        "to measure how fast the design can go (the bitstream then needs that clock: a PLL)")
     p.add_argument("--variants", default=None,
                    help="synthesis variants, comma-separated: lut (multipliers in LUTs), dsp (hard multipliers); "
                         "default: lut on iCE40, lut,dsp elsewhere")
@@ -70,7 +74,7 @@ def run(args) -> int:
         raise UserError(f"--variants {args.variants}: each variant is 'lut' or 'dsp'")
     doc = run_report(project, board, policies, estimate_only=args.estimate_only, pnr=not args.no_pnr,
                      variants=variants, workers=args.jobs, out=Path(args.out) if args.out else None, plan_note=note,
-                     layer_jobs=args.layer_jobs)
+                     layer_jobs=args.layer_jobs, pnr_clock_mhz=args.pnr_clock_mhz)
     rep = Path(args.out or project) / "reports"
     for pol in doc["policies"]:
         p = doc["policy"][pol]
