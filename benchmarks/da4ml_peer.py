@@ -14,17 +14,21 @@ compared; da4ml's kernel is the same product):
 * ``const_exact`` / ``const_datatype`` / ``const_fixed32``: the constant-weight engine
   under the three accumulator policies (``exact``: every adder at the exact width of its
   own partial sum; ``datatype`` / ``fixed:32``: every adder and accumulator at that width);
-  pipeline registers every ``register_every`` adder levels, as the plan records;
+  pipeline registers every ``register_every`` adder levels, as the plan records.
+  Every adder's wire is ``(* keep *)`` (hw/constmv.py ``keep_adders``): without it Yosys'
+  ``alumacc`` merges chains of two-operand adders that share a pipeline stage into
+  multi-operand ``$macc`` cells, which ``synth_ecp5`` maps to LUT4 compressor trees instead of
+  CCU2C carry chains; the attribute keeps one carry chain per adder, as da4ml's
+  one-module-instance-per-adder Verilog gets under ``-noflatten``;
 * ``da4ml``: ``FixedVariableArrayInput(K).quantize(k, i, 0) @ W.T`` traced with
   ``comb_trace`` (da4ml's default solver, ``HWConfig(1, -1, -1)``: one latency unit per
   adder), written by ``VerilogModel(..., latency_cutoff=register_every)`` (the same adder
   levels per register stage), its ``src/*.v`` and ``src/static/*.v`` synthesised with the
   top being the core module;
-* ``const_exact_keep`` (diagnostic): ``const_exact``'s Verilog with ``(* keep *)`` on every
-  adder wire. Without it Yosys' ``alumacc`` merges chains of two-operand adders that share
-  a pipeline stage into multi-operand ``$macc`` cells, which ``synth_ecp5`` maps to LUT4
-  compressor trees instead of CCU2C carry chains; the attribute keeps one carry chain per
-  adder, as da4ml's one-module-instance-per-adder Verilog gets under ``-noflatten``;
+* ``const_exact_nokeep``: ``const_exact`` without the attribute;
+* ``const_da4ml_graph``: ``const_exact`` built over da4ml's shift-and-add graph of the same
+  matrix (``AdderGraph(solver="da4ml")``: da4ml's optimisation step, our sizing, pipeline and
+  stream interface);
 * ``rom_full`` (``--rom``): the ROM engine at PE = N, SIMD = K (one vector per cycle);
   slow: the 64 x 64 one takes about 400 s of Yosys.
 
@@ -57,18 +61,10 @@ from pathlib import Path
 
 import numpy as np
 
-POLICIES = {"const_exact": "exact", "const_datatype": "datatype", "const_fixed32": "fixed:32",
-            "const_exact_keep": "exact"}
-
-
-def keep_adder_wires(path: Path) -> int:
-    """Mark every adder-node wire ``nK`` of an Amaranth-written constant engine ``(* keep *)``
-    (in place); returns how many."""
-    import re
-
-    text, n = re.subn(r"^(\s*)(wire [^;]* n[0-9]+;)", r"\1(* keep *) \2", path.read_text(), flags=re.M)
-    path.write_text(text)
-    return n
+# our constant-weight designs: (accumulator policy, ConstMVSpec options)
+POLICIES = {"const_exact": ("exact", {}), "const_datatype": ("datatype", {}), "const_fixed32": ("fixed:32", {}),
+            "const_exact_nokeep": ("exact", {"keep_adders": False}),
+            "const_da4ml_graph": ("exact", {"solver": "da4ml"})}
 
 
 # -- the project ----------------------------------------------------------------------------
@@ -132,7 +128,7 @@ def check_vectors(w: np.ndarray, input_type, n_random: int, seed: int) -> np.nda
 
 # -- our engines --------------------------------------------------------------------------------
 def accumulus_design(label: str, w, wtype, itype, engine: str, work: Path, x: np.ndarray,
-                     register_every: int = 2, acc_policy: str = "exact", cse: bool = True):
+                     register_every: int = 2, acc_policy: str = "exact", cse: bool = True, **const_opts):
     """Verilog of our engine for ``W`` (accumulators out) and its checked numpy model."""
     from amaranth.back import verilog
 
@@ -143,7 +139,7 @@ def accumulus_design(label: str, w, wtype, itype, engine: str, work: Path, x: np
     n, k = w.shape
     if engine == "const":
         plan, layer = accumulator_plan(w, wtype, itype)
-        spec = ConstMVSpec(plan, layer, acc_policy=acc_policy, register_every=register_every, cse=cse)
+        spec = ConstMVSpec(plan, layer, acc_policy=acc_policy, register_every=register_every, cse=cse, **const_opts)
     else:
         plan, layer = accumulator_plan(w, wtype, itype, pe=n, simd=k)
         spec = MVUSpec(plan, layer, acc_policy=acc_policy)
@@ -337,7 +333,7 @@ def main(argv=None):
     ap.add_argument("--out", default="benchmarks/results", help="folder for da4ml_peer.json")
     ap.add_argument("--name", default="da4ml_peer", help="output file stem")
     ap.add_argument("--designs", default="const_exact,da4ml,const_datatype,const_fixed32",
-                    help="comma-separated: const_exact, const_datatype, const_fixed32, const_exact_keep, da4ml, rom_full")
+                    help=f"comma-separated: {', '.join([*POLICIES, 'da4ml', 'rom_full'])}")
     ap.add_argument("--rom", action="store_true", help="also rom_full (PE=N, SIMD=K; slow)")
     ap.add_argument("--flatten", action="store_true",
                     help="also synthesise const_exact and da4ml flattened (synth_ecp5 without -noflatten)")
@@ -380,15 +376,14 @@ def main(argv=None):
         for d in designs:
             label = f"l{idx}_{d}"
             if d in POLICIES:
-                srcs, top, info = accumulus_design(label, w, wtype, itype, "const", work, x, every, POLICIES[d])
-                if d == "const_exact_keep":
-                    info["keep_wires"] = keep_adder_wires(srcs[0])
+                pol, opts = POLICIES[d]
+                srcs, top, info = accumulus_design(label, w, wtype, itype, "const", work, x, every, pol, **opts)
             elif d == "rom_full":
                 srcs, top, info = accumulus_design(label, w, wtype, itype, "rom", work, x)
             elif d == "da4ml":
                 srcs, top, info = da4ml_design(label, w, itype, work, x, every, simulate=not args.no_sim)
             else:
-                raise SystemExit(f"unknown design {d!r} (const_exact, const_datatype, const_fixed32, da4ml, rom_full)")
+                raise SystemExit(f"unknown design {d!r} ({', '.join([*POLICIES, 'da4ml', 'rom_full'])})")
             info.update(synth(label, srcs, top, work, args.timeout))
             if args.flatten and d in ("const_exact", "da4ml"):
                 info["flattened"] = synth(label, srcs, top, work, args.timeout, flatten=True)
@@ -407,7 +402,7 @@ def write(args, plan_path: Path, designs, layers_out, seconds: float, complete: 
     designs = list(dict.fromkeys([*designs, *(d for l in layers_out for d in l["designs"])]))
     tot = totals(layers_out, designs)
     ratios = {}
-    for a in ("const_exact", "const_exact_keep", "const_datatype", "const_fixed32"):
+    for a in POLICIES:
         for b in ("da4ml", "rom_full", "const_exact"):
             if a != b and a in tot and b in tot:
                 ratios[f"{a}/{b}"] = round(tot[a]["lut"] / tot[b]["lut"], 3)

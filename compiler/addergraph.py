@@ -63,9 +63,16 @@ class AdderGraph:
         Greedy two-term sharing across channels (module docstring, step 2).
     register_every : int
         Adder levels per pipeline stage; 0: one combinational stage.
+    solver : str
+        ``csd`` (steps 1-3 of the module docstring) or ``da4ml``: the shift-and-add graph of
+        da4ml's constant-matrix solver (:meth:`_from_da4ml`), sized and pipelined here like
+        any other (``cse`` is then ignored).
     """
 
-    def __init__(self, weights, input_type: IntType, cse: bool = True, register_every: int = 2):
+    SOLVERS = ("csd", "da4ml")
+
+    def __init__(self, weights, input_type: IntType, cse: bool = True, register_every: int = 2,
+                 solver: str = "csd"):
         w = np.asarray(weights)
         if w.ndim != 2 or not np.issubdtype(w.dtype, np.integer):
             raise ValueError(f"weights must be an integer (channels, fan_in) array, got {w.dtype} {w.shape}")
@@ -78,6 +85,9 @@ class AdderGraph:
         self.input_type = input_type
         self.cse = bool(cse)
         self.register_every = register_every
+        if solver not in self.SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(self.SOLVERS)}, got {solver!r}")
+        self.solver = solver
         self.adders: list[dict] = []
         self._memo: dict[tuple, int] = {}
         k = self.fan_in
@@ -90,12 +100,15 @@ class AdderGraph:
                  for c in range(self.channels)]
         self.csd_per_channel = [len(t) for t in terms]
         self.nonzero_per_channel = [int(np.count_nonzero(self.weights[c])) for c in range(self.channels)]
-        # 2. sharing
         self.shared = 0
-        if self.cse:
-            self._share(terms)
-        # 3. trees
-        self.outputs: list[tuple[int, int] | None] = [self._tree(t) for t in terms]
+        if solver == "da4ml":
+            self.outputs: list[tuple[int, int] | None] = self._from_da4ml()
+        else:
+            # 2. sharing
+            if self.cse:
+                self._share(terms)
+            # 3. trees
+            self.outputs = [self._tree(t) for t in terms]
         # 4. widths: the exact range of every node's linear form
         lo_in, hi_in = input_type.min, input_type.max
         self.node_lo, self.node_hi, self.node_bits = [], [], []
@@ -133,6 +146,57 @@ class AdderGraph:
         self.adders.append({"node": node, "ops": list(key)})
         self._memo[key] = node
         return node
+
+    def _from_da4ml(self) -> list[tuple[int, int] | None]:
+        """The adders of da4ml's solution of ``W @ x`` (``da4ml.trace.comb_trace``, its
+        default solver), as this graph's nodes; returns the outputs.
+
+        da4ml (Sun et al. 2025, LGPLv3, an optional dependency: ``pip install da4ml``) keeps
+        every buffer value as ``2^e`` times an integer and each adder as ``v0 ± v1·2^d``;
+        here a node is the integer and the power of two a shift of its consumers, so every
+        adder's operand shifts are >= 0 and its width is its own exact range (step 4).
+        Anything but copies, additions, subtractions, identity quantizers (da4ml's trace of
+        the input type) and constant zeros is refused.
+        """
+        try:
+            from da4ml.trace import FixedVariableArrayInput, HWConfig, comb_trace
+        except ImportError:
+            raise ImportError("the da4ml solver needs da4ml: pip install 'accumulus[bench]' (da4ml==0.6.0, LGPLv3)") \
+                from None
+        it, k = self.input_type, self.fan_in
+        inp = FixedVariableArrayInput(k, hwconf=HWConfig(1, -1, -1))
+        sign = int(it.signed)
+        y = inp.quantize(sign, it.bits - sign, 0) @ np.ascontiguousarray(self.weights.T.astype(np.float64))
+        comb = comb_trace(inp, y)
+        node_of: list[tuple[int, int] | None] = []        # op index -> (node, e): value = node << e
+        for i, op in enumerate(comb.ops):
+            if op.opcode == -1:
+                node_of.append((int(op.id0), int(comb.inp_shifts[op.id0])))
+            elif op.opcode in (0, 1):
+                (u0, e0), (u1, e1) = node_of[op.id0], node_of[op.id1]
+                a, b = e0, int(op.data) + e1
+                m = min(a, b)
+                node_of.append((self._adder([(u0, a - m, 1), (u1, b - m, 1 if op.opcode == 0 else -1)]), m))
+            elif op.opcode == 3 and op.qint == comb.ops[op.id0].qint:
+                node_of.append(node_of[op.id0])            # the input's quantize: the identity here
+            elif op.opcode == 5 and int(op.data) == 0:
+                node_of.append(None)
+            else:
+                raise ValueError(f"da4ml op {i} has opcode {op.opcode}, which a constant matrix product does not need")
+        outputs = []
+        for c in range(self.channels):
+            idx = int(comb.out_idxs[c])
+            if idx < 0 or node_of[idx] is None or not self.weights[c].any():
+                outputs.append(None)
+                continue
+            node, e = node_of[idx]
+            e += int(comb.out_shifts[c])
+            if e < 0:
+                raise ValueError(f"da4ml output {c} has a negative shift {e}")
+            if comb.out_negs[c]:
+                node = self._adder([(node, 0, -1)])
+            outputs.append((node, e))
+        return outputs
 
     def _pair(self, t1, t2):
         """Pattern key, new-node operands and replacement (shift, sign) of two terms."""

@@ -30,6 +30,7 @@ class CompileOptions:
     input_type: str | None = None        # --input-type for a float graph input
     input_scale: float | None = None
     engine: str = "auto"                 # --engine rom | const | auto (compiler/passes/fold.py)
+    const_solver: str = "csd"            # --const-solver csd | da4ml (compiler/addergraph.py)
     board_clock_mhz: float | None = None  # the board's clock (boards/data), when --clock-mhz is absent
 
 
@@ -112,13 +113,14 @@ def compile_model(path, opts: CompileOptions | None = None, progress=None) -> Pl
             raise UserError("--target-fps and --clock-mhz must be positive")
         target = opts.clock_mhz * 1e6 / opts.target_fps
     clock = opts.clock_mhz if opts.clock_mhz is not None else opts.board_clock_mhz
-    ig, estimate = fold(ig, target, opts.max_pes, opts.budget, opts.family, engine=opts.engine, clock_mhz=clock)
+    ig, estimate = fold(ig, target, opts.max_pes, opts.budget, opts.family, engine=opts.engine, clock_mhz=clock,
+                       const_solver=opts.const_solver)
     ig.verify()
     say(f"passes done ({time.perf_counter() - t0:.2f} s)")
     source = {"model": str(Path(graph.source)), "sha256": graph.sha256, "metadata": graph.metadata}
     options = {"target_fps": opts.target_fps, "clock_mhz": opts.clock_mhz, "max_pes": opts.max_pes,
                "board": opts.board, "binds": sorted(opts.binds), "input_type": opts.input_type,
-               "engine": opts.engine, "input_scale": None if declared is None else declared[1]}
+               "engine": opts.engine, "const_solver": opts.const_solver, "input_scale": None if declared is None else declared[1]}
     plan = plan_from_intgraph(ig, source, estimate, options)
     from .plan import validate
     validate(plan.doc)

@@ -104,6 +104,9 @@ class ConstMVSpec(MacLayerSpec):
         Adder levels per pipeline stage (0: combinational graph + output register).
     cse : bool
         Share two-term subexpressions across channels.
+    solver : str
+        ``csd`` (this module's steps 1-3) or ``da4ml`` (da4ml's constant-matrix solver,
+        :meth:`accumulus.compiler.addergraph.AdderGraph._from_da4ml`).
     keep_adders : bool
         Mark every adder's output wire ``(* keep *)`` (default). Without it Yosys'
         ``alumacc`` merges chains of two-operand adders within a pipeline stage into
@@ -118,7 +121,8 @@ class ConstMVSpec(MacLayerSpec):
     ENGINE = "constant-weight engine"
 
     def __init__(self, plan: Plan, layer: dict, acc_policy: str = "exact", register_every: int = 2,
-                 cse: bool = True, threshold_search: str = "auto", keep_adders: bool = True):
+                 cse: bool = True, threshold_search: str = "auto", keep_adders: bool = True,
+                 solver: str = "csd"):
         policy_arg = self._load_layer(plan, layer, acc_policy)
         name, n = self.name, self.channels
         if isinstance(register_every, bool) or not isinstance(register_every, int) or register_every < 0:
@@ -126,7 +130,8 @@ class ConstMVSpec(MacLayerSpec):
         self.register_every = register_every
         self.keep_adders = bool(keep_adders)
 
-        self.graph = g = AdderGraph(self.weights, self.input_type, cse=cse, register_every=register_every)
+        self.graph = g = AdderGraph(self.weights, self.input_type, cse=cse, register_every=register_every,
+                                    solver=solver)
 
         # -- widths under the policy --------------------------------------------------------
         exact = [int(b) for b in exact_bits(self.weights, self.input_type)]
@@ -247,6 +252,7 @@ class ConstMVSpec(MacLayerSpec):
             "adder_bits": int(sum(self.tree_bits)),
             "negations": sum(1 for a in g.adders if len(a["ops"]) == 1),
             "shared_subexpressions": g.shared,
+            "solver": g.solver,
             "adder_levels": g.max_level,
             "register_every": self.register_every,
             "keep_adders": self.keep_adders,

@@ -155,7 +155,7 @@ class EngineSpec:
                 graph = layer.get("const") or {}
                 self.mvu = ConstMVSpec(plan, layer, acc_policy,
                                        register_every=int(graph.get("register_every", DEFAULT_REGISTER_EVERY)),
-                                       cse=bool(graph.get("cse", True)))
+                                       cse=bool(graph.get("cse", True)), solver=graph.get("solver", "csd"))
             else:
                 self.mvu = MVUSpec(plan, layer, acc_policy)
             simd = self.mvu.in_elems

@@ -73,22 +73,30 @@ def test_engine_const_records_the_adder_graph(mlp_path):
     assert plan.doc["estimate"]["cycles_per_frame"] == 1
 
 
-def test_plan_graph_is_the_built_graph(mlp_path):
-    """The plan's adders, adder bits and pipeline depth are those of the engine hw/ builds."""
+@pytest.mark.parametrize("solver", ["csd", "da4ml"])
+def test_plan_graph_is_the_built_graph(mlp_path, solver):
+    """The plan's adders, adder bits and pipeline depth are those of the engine hw/ builds,
+    with either adder-graph solver (--const-solver)."""
     require_module("amaranth")
+    if solver == "da4ml":
+        require_module("da4ml")
     from accumulus.hw.top import GraphSpec
 
     path, _ = mlp_path
-    plan = compile_model(path, CompileOptions(engine="const"))
+    plan = compile_model(path, CompileOptions(engine="const", const_solver=solver))
+    assert plan.doc["options"]["const_solver"] == solver
+    built = 0
     for eng in GraphSpec(plan, "exact").engines:
         if eng.kind != "matvec":
             continue
         rep, g = eng.mvu.report(), eng.layer["const"]
-        assert eng.engine == "const"
+        assert eng.engine == "const" and g["solver"] == rep["solver"] == solver
         for key in ("adders", "adder_bits", "pipeline_depth", "pipeline_register_bits", "acc_register_bits",
                     "nonzero_weights", "csd_digits"):
             assert rep[key] == g[key], key
         assert eng.mvu.register_every == g["register_every"]
+        built += 1
+    assert built
 
 
 def test_engine_rom_keeps_the_folding_and_no_graph(mlp_path):

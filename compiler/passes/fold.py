@@ -143,22 +143,27 @@ def _thresholds(p) -> tuple[int, int]:
     return levels, (rq.get("threshold_bits", 0) if rq else 0)
 
 
-def const_summary(layer, register_every: int, cse: bool | None = None) -> tuple[AdderGraph, dict]:
+def const_summary(layer, register_every: int, cse: bool | None = None,
+                  solver: str = "csd") -> tuple[AdderGraph, dict]:
     """The adder graph the constant-weight engine builds for ``layer`` (exact widths) and
     its size as the plan records it (``layer["const"]``, docs/plan.md). ``cse`` None: share
-    when the layer has at most ``CSE_MAX_DIGITS`` CSD digits."""
+    when the layer has at most ``CSE_MAX_DIGITS`` CSD digits. ``solver``: ``csd`` or
+    ``da4ml`` (:class:`~accumulus.compiler.addergraph.AdderGraph`)."""
     p = layer.params
     w = np.asarray(p["weight"], dtype=np.int64)
     if cse is None:
         cse = sum(len(csd_digits(v)) for v in w.flat if v) <= CSE_MAX_DIGITS
-    g = AdderGraph(w, p["input_type"], cse=cse, register_every=register_every)
+    try:
+        g = AdderGraph(w, p["input_type"], cse=cse, register_every=register_every, solver=solver)
+    except ImportError as exc:
+        raise UserError(f"--const-solver {solver}: {exc}") from None
     k = g.fan_in
     exact = [int(b) for b in p["acc"]["bits"]["exact"]]
     target = p["acc"]["bits"].get("target")
     bound = None if target is None else digit_bound(target, p["input_type"], p["weight_type"], k)
     acc_regs = sum(b for c, b in enumerate(exact) if g.outputs[c] is not None)
     summary = {
-        "register_every": int(register_every), "cse": bool(cse),
+        "register_every": int(register_every), "cse": bool(cse), "solver": g.solver,
         "adders": len(g.adders), "adder_bits": int(sum(g.node_bits[k:])),
         "shared_subexpressions": int(g.shared), "adder_levels": int(g.max_level),
         "pipeline_depth": int(g.stages),
@@ -205,8 +210,8 @@ class _ConstGraphs:
     """A layer's adder graph, built lazily: ``plain`` without sharing (fast, an upper bound on
     the adders), ``best`` as the engine builds it (with sharing up to ``CSE_MAX_DIGITS``)."""
 
-    def __init__(self, layer, register_every: int):
-        self.layer, self.register_every = layer, register_every
+    def __init__(self, layer, register_every: int, solver: str = "csd"):
+        self.layer, self.register_every, self.solver = layer, register_every, solver
         self._plain = self._best = None
 
     def plain(self) -> dict:
@@ -218,7 +223,7 @@ class _ConstGraphs:
 
     def best(self) -> dict:
         if self._best is None:
-            self._best = const_summary(self.layer, self.register_every)[1]
+            self._best = const_summary(self.layer, self.register_every, solver=self.solver)[1]
         return self._best
 
     def known(self) -> dict:
@@ -281,11 +286,14 @@ def _fits(total, budget) -> list[str]:
 
 def fold(ig: IntGraph, target_cycles: float | None = None, max_pes: int | None = None,
          budget: dict | None = None, family: str | None = None, engine: str = "auto",
-         clock_mhz: float | None = None) -> tuple[IntGraph, dict]:
+         clock_mhz: float | None = None, const_solver: str = "csd") -> tuple[IntGraph, dict]:
     """Returns the folded graph and an estimate dict (cycles, bottleneck, cost, notes).
 
     ``clock_mhz``: the clock the constant-weight engines are pipelined for
-    (:func:`register_every_for`)."""
+    (:func:`register_every_for`). ``const_solver``: who builds their adder graphs
+    (``csd`` or ``da4ml``, :class:`~accumulus.compiler.addergraph.AdderGraph`)."""
+    if const_solver not in AdderGraph.SOLVERS:
+        raise UserError(f"--const-solver {const_solver!r}: choose one of {' | '.join(AdderGraph.SOLVERS)}")
     if target_cycles is not None and (not math.isfinite(target_cycles) or target_cycles <= 0):
         raise UserError(f"target cycles per frame {target_cycles} must be positive")
     if max_pes is not None and max_pes < 1:
@@ -305,7 +313,7 @@ def fold(ig: IntGraph, target_cycles: float | None = None, max_pes: int | None =
     # the plan holds both engines' costs)
     consts = None
     if macs:
-        consts = {l.name: _ConstGraphs(l, every) for l in macs
+        consts = {l.name: _ConstGraphs(l, every, const_solver) for l in macs
                   if (l.params.get("conv") or {}).get("groups", 1) == 1}
     auto = "auto" if max_pes is None else "rom"
     mode = engine if engine != "auto" else auto
