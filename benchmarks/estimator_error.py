@@ -90,6 +90,8 @@ def main(argv=None) -> int:
     ap.add_argument("--boards", default=",".join(BOARDS))
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
+    ap.add_argument("--merge", default=None,
+                    help="an earlier estimator_error.json whose designs not run now are kept (recorded per result)")
     ap.add_argument("--collect-only", action="store_true",
                     help="only read designs already synthesised under --work (estimates with today's coefficients)")
     args = ap.parse_args(argv)
@@ -122,6 +124,12 @@ def main(argv=None) -> int:
                     f"LUT est {m['lut_est']:>7} yosys {m['lut_yosys']:>7} err {m['lut_err']:+.1%}  "
                     f"FF err {m['ff_err']:+.1%}  max layer |LUT err| {r['max_abs_layer_lut_err']:.1%}"
                     if m else f"error: {r['error']}"), flush=True)
+    if args.merge:
+        done = {(r["net"], r["board"], r["engine"]) for r in results if "error" not in r}
+        for r in json.loads(Path(args.merge).read_text())["results"]:
+            if (r["net"], r["board"], r["engine"]) not in done and "error" not in r:
+                results = [x for x in results if (x["net"], x["board"], x["engine"]) != (r["net"], r["board"], r["engine"])]
+                results.append({**r, "merged_from": str(args.merge)})
     from accumulus.boards.synth import yosys_version
 
     doc = {

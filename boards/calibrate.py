@@ -317,10 +317,13 @@ def refit(calibration_json: Path, write: bool = True) -> dict:
 def const_terms(e: dict) -> dict:
     """The const engine's features of one built layer (``e["const"]``: hw/constmv.py's report)."""
     g = e["const"]
-    return {"lut_per_const_adder_bit": float(g["adder_bits"]),
-            "lut_per_const_threshold_bit": float(e["channels"] * e["threshold_levels"] * e["threshold_bits"]),
+    linear = g.get("requant_form") == "linear"
+    return {"lut_per_const_adder_bit": float(g["adder_bits"] + (g.get("requant_adder_bits", 0) if linear else 0)),
+            "lut_per_const_threshold_bit": 0.0 if linear else float(
+                e["channels"] * e["threshold_levels"] * e["threshold_bits"]),
             "lut_per_const_layer": 1.0,
-            "ff_per_const_reg_bit": float(g["pipeline_register_bits"] + g["acc_register_bits"]),
+            "ff_per_const_reg_bit": float(g["pipeline_register_bits"] + g["acc_register_bits"]
+                                          + (g.get("requant_q_bits", 0) if linear else 0)),
             "ff_per_const_code_bit": float(e["channels"] * int(e["threshold_levels"]).bit_length()),
             "ff_per_const_layer": 1.0}
 
@@ -334,8 +337,7 @@ def fit_const_entries(entries: list[dict], family: str) -> dict:
     full.update(coeff)
     for e in entries:
         g = e["const"]
-        est = cost_model.const_layer_cost(g["adder_bits"], g["pipeline_register_bits"] + g["acc_register_bits"],
-                                          e["channels"], e["threshold_levels"], e["threshold_bits"], full)
+        est = cost_model.const_graph_cost(g, e["channels"], e["threshold_levels"], e["threshold_bits"], full)
         e["estimate"] = {"lut": round(est["lut"], 1), "ff": round(est["ff"], 1)}
         e["lut_error"] = round(est["lut"] / e["yosys"]["lut"] - 1, 4)
         e["ff_error"] = round(est["ff"] / e["yosys"]["ff"] - 1, 4)

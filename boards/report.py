@@ -97,9 +97,8 @@ def estimate_layers(plan: Plan, policy: str, family: str, coeff: dict | None = N
             # the adder graph as built (build.json, under the policy) or as planned (exact)
             g = b.get("const") or layer.get("const")
             if g is not None:
-                out[layer["name"]] = {k: float(v) for k, v in cost_model.const_layer_cost(
-                    g["adder_bits"], g["pipeline_register_bits"] + g["acc_register_bits"], int(layer["channels"]),
-                    levels, max(tb) if tb else 0, coeff).items()}
+                out[layer["name"]] = {k: float(v) for k, v in cost_model.const_graph_cost(
+                    g, int(layer["channels"]), levels, max(tb) if tb else 0, coeff).items()}
                 out[layer["name"]]["threshold_storage_bits"] = 0
                 out[layer["name"]]["engine"] = "const"
                 continue

@@ -36,7 +36,7 @@ import json
 import math
 from importlib import resources
 
-__all__ = ["full_adders_per_dot", "layer_full_adders", "load_coefficients", "mac_layer_cost", "const_layer_cost", "CONST_DEFAULTS", "weight_rom_in_logic", "threshold_rom_in_logic", "stream_layer_cost", "reorder_layer_cost", "total", "RESOURCES"]
+__all__ = ["full_adders_per_dot", "layer_full_adders", "load_coefficients", "mac_layer_cost", "const_layer_cost", "const_graph_cost", "CONST_DEFAULTS", "weight_rom_in_logic", "threshold_rom_in_logic", "stream_layer_cost", "reorder_layer_cost", "total", "RESOURCES"]
 
 RESOURCES = ("lut", "ff", "dsp", "bram_bits")
 
@@ -120,21 +120,39 @@ CONST_DEFAULTS = {"lut_per_const_adder_bit": 1.1, "ff_per_const_reg_bit": 1.0, "
 
 
 def const_layer_cost(adder_bits: int, register_bits: int, channels: int, threshold_levels: int,
-                     threshold_bits: int, coeff: dict) -> dict:
+                     threshold_bits: int, coeff: dict, linear_adder_bits: int | None = None,
+                     linear_reg_bits: int = 0) -> dict:
     """A constant-weight engine: ``adder_bits`` (sum of the adders' widths), ``register_bits``
-    (pipeline plus accumulator registers), and a parallel threshold requant of
-    ``threshold_levels`` comparisons per channel."""
+    (pipeline plus accumulator registers), and a threshold requant of ``threshold_levels``
+    levels per channel: parallel comparators, or with ``linear_adder_bits`` the linear form
+    (hw/requant.py), costed as that many more adder bits and ``linear_reg_bits`` more
+    register bits (its registered quotients)."""
     k = {key: coeff.get(key, v) for key, v in CONST_DEFAULTS.items()}
     # the per-layer constants of the const calibration (boards/calibrate.py --engine const),
     # else the ROM engine's
-    lut = (adder_bits * k["lut_per_const_adder_bit"]
-           + channels * threshold_levels * threshold_bits * k["lut_per_const_threshold_bit"]
+    if linear_adder_bits is None:
+        rq_lut = channels * threshold_levels * threshold_bits * k["lut_per_const_threshold_bit"]
+    else:
+        rq_lut = linear_adder_bits * k["lut_per_const_adder_bit"]
+        register_bits += linear_reg_bits
+    lut = (adder_bits * k["lut_per_const_adder_bit"] + rq_lut
            + coeff.get("lut_per_const_layer", coeff["lut_per_layer"]))
     # the threshold requantizer registers its output codes (channels x code bits)
     out_bits = int(threshold_levels).bit_length() if threshold_levels else 0
     ff = (register_bits * k["ff_per_const_reg_bit"] + channels * out_bits * coeff.get("ff_per_const_code_bit", 0.0)
           + coeff.get("ff_per_const_layer", coeff["ff_per_layer"]))
     return {"lut": float(lut), "ff": float(ff), "dsp": 0, "bram_bits": 0}
+
+
+def const_graph_cost(g: dict, channels: int, threshold_levels: int, threshold_bits: int, coeff: dict) -> dict:
+    """:func:`const_layer_cost` of an adder-graph summary ``g`` (the plan's ``layer["const"]``
+    or hw/constmv.py's report), with its requant form (``requant_form``: ``linear`` adds
+    ``requant_adder_bits`` and ``requant_q_bits`` instead of comparators)."""
+    linear = g.get("requant_form") == "linear"
+    return const_layer_cost(g["adder_bits"], g["pipeline_register_bits"] + g["acc_register_bits"], channels,
+                            threshold_levels, threshold_bits, coeff,
+                            linear_adder_bits=int(g.get("requant_adder_bits", 0)) if linear else None,
+                            linear_reg_bits=int(g.get("requant_q_bits", 0)) if linear else 0)
 
 
 def weight_rom_in_logic(w_bits: int, channels: int, fan_in: int, pe: int, simd: int, coeff: dict) -> bool:

@@ -114,8 +114,9 @@ class ConstMVSpec(MacLayerSpec):
         instead of one carry chain per adder: 26% more LUTs on digits-mlp's layers
         (benchmarks/results/da4ml_peer.json, ``const_exact`` vs ``const_exact_keep``).
     threshold_search : str
-        Threshold requant form; a one-vector-per-cycle engine needs ``parallel``
-        (``auto`` picks it).
+        Threshold requant form; a one-vector-per-cycle engine needs ``parallel`` or
+        ``linear`` (``auto`` picks ``linear`` where every channel has an exact linear form,
+        hw/requant.py).
     """
 
     ENGINE = "constant-weight engine"
@@ -163,7 +164,12 @@ class ConstMVSpec(MacLayerSpec):
         self.tree_bits = [self.bits[a["node"]] for a in g.adders]
 
         # -- output ---------------------------------------------------------------------------
-        self._setup_output(n, None, 1, threshold_search, max(exact))
+        # The linear threshold form (hw/requant.py) is exact on the accumulators' exact range,
+        # which every policy but exact-minus (whose accumulators wrap) keeps them in.
+        from accumulus.compiler.accumulators import exact_range
+
+        rng = exact_range(self.weights, self.input_type) if self.policy != "exact-minus" else None
+        self._setup_output(n, None, 1, threshold_search, max(exact), acc_range=rng)
         self.channel_order = np.arange(n)
         self.direct_order = True
 
@@ -267,6 +273,10 @@ class ConstMVSpec(MacLayerSpec):
             "unused_inputs": sorted(set(range(k)) - set(g.used_inputs)),
             "acc_bits": list(self.acc_bits),
             "acc_policy": self.acc_policy,
+            "requant_form": None if self.requant is None else (self.requant.search or self.requant.kind),
+            "requant_adder_bits": 0 if self.requant is None else self.requant.linear_adder_bits,
+            "requant_q_bits": 0 if self.requant is None or not self.requant.linear else int(
+                sum(c["q_bits"] for c in self.requant.linear_cost)),
         }
 
     def create(self) -> "ConstMV":

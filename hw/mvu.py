@@ -142,12 +142,14 @@ class MacLayerSpec:
                              "(groups must be 1)")
         return policy_arg
 
-    def _setup_output(self, lanes: int, order, beat_interval: int, threshold_search: str, exact_max: int):
-        """``requant`` (its lanes, channel order and beat interval), ``out_type``, ``threshold_bits``."""
+    def _setup_output(self, lanes: int, order, beat_interval: int, threshold_search: str, exact_max: int,
+                      acc_range=None):
+        """``requant`` (its lanes, channel order and beat interval), ``out_type``, ``threshold_bits``.
+        ``acc_range``: the channels' accumulator ranges, for the ``linear`` threshold form."""
         layer, name = self.layer, self.name
         if layer.get("requant") is not None:
             self.requant = RequantSpec(self.plan, layer["requant"], lanes, self.acc_bits, order, threshold_search,
-                                       beat_interval=beat_interval, name=name)
+                                       beat_interval=beat_interval, name=name, acc_range=acc_range)
             if self.requant.channels != self.channels:
                 raise ValueError(f"layer '{name}': requant has {self.requant.channels} channels, "
                                  f"layer has {self.channels}")

@@ -9,6 +9,10 @@ the same lane order. Three forms:
   lane binary-searches its channel's sorted row: ``ceil(log2(T+1))`` probes, one per cycle.
 * ``parallel`` thresholds: a channel's whole row in one ROM word and ``T`` comparators per
   lane (FINN's form): one beat per cycle.
+* ``linear`` thresholds (one beat per cycle, one lane per channel; needs each channel's exact
+  accumulator range): the count as ``clip((m·acc + b) >> s, c0, c1)`` with per-channel
+  constants found and checked by :mod:`accumulus.compiler.linthresh`; ``m`` is a constant
+  multiplier built of shifts and adds. Exactly the threshold count on the reachable range.
 * ``multshift``: ``round_half_even((acc + bias) * mult / 2^shift) + zero_point``, clipped,
   one beat per cycle; the per-channel constants are small and sit in LUTs.
 
@@ -32,7 +36,7 @@ from .rom import ROM, check_int, pack_words
 
 __all__ = ["RequantSpec", "ThresholdRequant", "MultShiftRequant", "round_shift_half_even"]
 
-SEARCHES = ("auto", "binary", "parallel")
+SEARCHES = ("auto", "binary", "parallel", "linear")
 
 
 def round_shift_half_even(v, shift):
@@ -67,17 +71,21 @@ class RequantSpec:
         Two's-complement width of each lane's input (its PE's accumulator).
     channel_order : sequence of int or None
         Lane ``p`` of beat ``f`` is channel ``channel_order[p + pe*f]``; None: natural order.
-    search : "auto" | "binary" | "parallel"
+    search : "auto" | "binary" | "parallel" | "linear"
         Threshold form; ``auto`` takes ``binary`` when its ``cycles_per_beat`` fits in
-        ``beat_interval`` cycles, ``parallel`` otherwise.
+        ``beat_interval`` cycles, else ``linear`` when ``acc_range`` is given and every
+        channel has a linear form, else ``parallel``. ``linear`` asked for but impossible
+        falls back to ``parallel`` (``linear_fallback`` says why).
     beat_interval : int
         Cycles between input beats in steady state (the MVU's K/SIMD), for ``auto``.
     name : str
         Layer name for error messages.
+    acc_range : (lo, hi) arrays or None
+        Each channel's exact accumulator range (natural order), for ``linear``.
     """
 
     def __init__(self, plan, requant: dict, pe: int, acc_bits, channel_order=None, search: str = "auto",
-                 beat_interval: int = 1, name: str = "requant"):
+                 beat_interval: int = 1, name: str = "requant", acc_range=None):
         if not isinstance(requant, dict) or "kind" not in requant:
             raise TypeError(f"layer '{name}': requant must be a plan requant dict, got {requant!r}")
         self.name = name
@@ -145,9 +153,43 @@ class RequantSpec:
             self.threshold_bits = list(self.acc_bits)
             binary_cycles = self.count_bits + 1
             self.search = search if search != "auto" else ("binary" if binary_cycles <= beat_interval else "parallel")
+            self.linear = None
+            self.linear_fallback = None
+            if search in ("auto", "linear") and self.search != "binary":
+                self._try_linear(acc_range, search)
         else:
             self.search = None
             self.threshold_bits = []
+            self.linear = None
+
+    def _try_linear(self, acc_range, search):
+        """Set ``search = "linear"`` and ``linear`` (one fit per channel) when every channel
+        has an exact linear form over its range; else record why not."""
+        from accumulus.compiler.linthresh import fit_cost, fit_layer
+
+        if acc_range is None:
+            self.linear_fallback = "no accumulator ranges given"
+        elif self.folds != 1:
+            self.linear_fallback = "one lane per channel only (pe = channels)"
+        else:
+            lo, hi = (np.asarray(v, dtype=np.int64).reshape(-1) for v in acc_range)
+            if lo.size != self.channels or hi.size != self.channels:
+                raise ValueError(f"layer '{self.name}': acc_range needs one (lo, hi) per channel")
+            fits = fit_layer(self.stored, self.descending, self.limit, lo, hi)
+            if fits is None:
+                self.linear_fallback = "a channel's thresholds have no exact linear form (e.g. two at one value)"
+            else:
+                self.linear = fits
+                self.linear_cost = [fit_cost(f, a, b) for f, a, b in zip(fits, lo, hi)]
+                self.acc_lo, self.acc_hi = lo, hi
+                self.search = "linear"
+                return
+        if search == "linear" or self.search == "linear":
+            self.search = "parallel"
+
+    @property
+    def linear_adder_bits(self) -> int:
+        return int(sum(c["adder_bits"] for c in self.linear_cost)) if self.linear else 0
 
     @property
     def out_bits(self) -> int:
@@ -165,6 +207,8 @@ class RequantSpec:
         """Cycles from accepting a beat to its output being valid."""
         if self.kind == "multshift":
             return 1
+        if self.search == "linear":
+            return 3
         return self.count_bits + 1 if self.search == "binary" else 2
 
     def compute(self, acc) -> np.ndarray:
@@ -245,7 +289,51 @@ class ThresholdRequant(wiring.Component):
     def elaborate(self, platform):
         if self.spec.search == "binary":
             return self._binary()
+        if self.spec.search == "linear":
+            return self._linear()
         return self._parallel()
+
+    def _linear(self):
+        """Per channel ``clip((m·a' + b) >> s, c0, c1)`` (a' = ±acc): the register of the
+        accumulators, then the shift-and-add product plus ``b`` with its low ``s`` bits
+        dropped (registered), then the clip and the output code (registered)."""
+        from accumulus.compiler.addergraph import csd_digits
+
+        spec = self.spec
+        m = Module()
+        ob = spec.out_bits
+        en = Signal()
+        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+        v1, v2 = Signal(), Signal()
+        acc1 = Signal.like(self.i.payload)
+        with m.If(en):
+            m.d.sync += [v1.eq(self.i.valid), acc1.eq(self.i.payload), v2.eq(v1), self.o.valid.eq(v2)]
+        for c, f in enumerate(spec.linear):
+            cost = spec.linear_cost[c]
+            if f["m"] == 0:
+                with m.If(en):
+                    m.d.sync += self.o.payload[c * ob:(c + 1) * ob].eq(_code(spec, Const(f["c0"], range(f["c0"] + 1))))
+                continue
+            lo, hi = int(spec.acc_lo[c]), int(spec.acc_hi[c])
+            a = Signal(signed(signed_bits(min(lo, -hi, 0), max(hi, -lo, 0))), name=f"a{c}")
+            m.d.comb += a.eq(-acc1[c] if f["desc"] else acc1[c])
+            terms = [(a << sh) if sh else a for sh, _ in csd_digits(f["m"])]
+            signs = [g for _, g in csd_digits(f["m"])]
+            # the positive terms first, so that every step is an add or a subtract
+            order = sorted(range(len(terms)), key=lambda i: -signs[i])
+            expr = terms[order[0]] if signs[order[0]] > 0 else -terms[order[0]]
+            for i in order[1:]:
+                expr = expr + terms[i] if signs[i] > 0 else expr - terms[i]
+            if f["b"]:
+                expr = expr + Const(f["b"], signed(signed_bits(min(f["b"], 0), max(f["b"], 0))))
+            q = Signal(signed(cost["q_bits"]), name=f"q{c}")
+            with m.If(en):
+                m.d.sync += q.eq(expr >> f["s"])     # floor: arithmetic shift of the exact sum
+            count = Signal(range(f["c1"] + 1), name=f"count{c}")
+            m.d.comb += count.eq(Mux(q < f["c0"], f["c0"], Mux(q > f["c1"], f["c1"], q)))
+            with m.If(en):
+                m.d.sync += self.o.payload[c * ob:(c + 1) * ob].eq(_code(spec, count))
+        return m
 
     def _parallel(self):
         spec = self.spec

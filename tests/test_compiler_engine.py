@@ -92,7 +92,7 @@ def test_plan_graph_is_the_built_graph(mlp_path, solver):
         rep, g = eng.mvu.report(), eng.layer["const"]
         assert eng.engine == "const" and g["solver"] == rep["solver"] == solver
         for key in ("adders", "adder_bits", "pipeline_depth", "pipeline_register_bits", "acc_register_bits",
-                    "nonzero_weights", "csd_digits"):
+                    "nonzero_weights", "csd_digits", "requant_form", "requant_adder_bits", "requant_q_bits"):
             assert rep[key] == g[key], key
         assert eng.mvu.register_every == g["register_every"]
         built += 1

@@ -149,7 +149,7 @@ def test_multshift_matches_golden(out_type, clip):
 @pytest.mark.parametrize("change,exc,word", [
     (dict(pe=4), ValueError, "pe"),
     (dict(acc_bits=[8]), ValueError, "acc_bits"),
-    (dict(search="linear"), ValueError, "search"),
+    (dict(search="cordic"), ValueError, "search"),
     (dict(channel_order=[0, 0, 1, 2, 3, 4]), ValueError, "channel_order"),
     (dict(requant="thresholds"), TypeError, "requant"),
 ])

@@ -174,11 +174,29 @@ def const_summary(layer, register_every: int, cse: bool | None = None,
         "zero_channels": int(sum(1 for o in g.outputs if o is None)),
         "unused_inputs": int(k - len(g.used_inputs)),
     }
+    summary.update(_requant_form(p, exact, w))
     if bound is not None and summary["csd_digits_max"] > bound:
         # exact <= P was checked by the size pass, and exact <= P implies the bound
         raise AssertionError(f"layer '{layer.name}': {summary['csd_digits_max']} CSD digits exceed the bound "
                              f"{bound} of P={target} (internal error)")
     return g, summary
+
+
+def _requant_form(p, exact, w) -> dict:
+    """The requant form a constant-weight layer gets (hw/requant.py): ``linear`` where every
+    channel's thresholds have an exact linear form (compiler/linthresh.py), with its adder
+    and quotient register bits, else ``parallel`` comparators; None without thresholds."""
+    rq = p.get("requant")
+    if not rq or rq.get("kind") != "thresholds":
+        return {"requant_form": None if not rq else rq.get("kind"), "requant_adder_bits": 0, "requant_q_bits": 0}
+    from ..accumulators import exact_range
+    from ..linthresh import layer_linear_cost
+
+    lo, hi = exact_range(w, p["input_type"])
+    lin = layer_linear_cost(np.asarray(rq["thresholds"]), np.asarray(rq["descending"]), exact, lo, hi)
+    if lin is None:
+        return {"requant_form": "parallel", "requant_adder_bits": 0, "requant_q_bits": 0}
+    return {"requant_form": "linear", "requant_adder_bits": lin["adder_bits"], "requant_q_bits": lin["q_bits"]}
 
 
 def _rom_cost(layer, pe, simd, coeff):
@@ -193,9 +211,7 @@ def _rom_cost(layer, pe, simd, coeff):
 
 def _const_cost(layer, summary, coeff):
     levels, tb = _thresholds(layer.params)
-    return cost_model.const_layer_cost(summary["adder_bits"],
-                                       summary["pipeline_register_bits"] + summary["acc_register_bits"],
-                                       layer.params["channels"], levels, tb, coeff)
+    return cost_model.const_graph_cost(summary, layer.params["channels"], levels, tb, coeff)
 
 
 def _score(c, budget) -> float:
