@@ -24,7 +24,7 @@ from accumulus.errors import UserError
 
 from .boards import Board
 
-__all__ = ["harness_build_plan", "place_and_route", "retarget_clock", "vivado_plan", "yowasp_env", "parse_nextpnr_report",
+__all__ = ["harness_build_plan", "place_and_route", "split_build_script", "over_capacity", "retarget_clock", "vivado_plan", "yowasp_env", "parse_nextpnr_report",
            "rtl_files", "harness_params"]
 
 BAUD = 115200
@@ -197,15 +197,39 @@ def place_and_route(board: Board, rtl_dir: Path, out_dir: Path, params: dict, *,
     files = rtl_files(rtl_dir)
     plan = harness_build_plan(board, files, params, dsp=dsp, clock_mhz=clock_mhz)
     build_dir = extract(plan, out_dir)
-    t0 = time.monotonic()
-    with open(build_dir / "build.log", "w") as log:
-        proc = subprocess.run(["sh", f"{plan.script}.sh"], cwd=build_dir, env=yowasp_env(board),
-                              stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
-    seconds = time.monotonic() - t0
-    result = {"board": board.id, "family": board.family, "dsp": dsp, "ok": proc.returncode == 0,
-              "seconds": round(seconds, 1), "harness": params, "build_dir": str(build_dir),
+    script = plan.files[f"{plan.script}.sh"]
+    pack_sh, rest_sh = split_build_script(script)
+    (build_dir / "pack_check.sh").write_text(pack_sh)
+    (build_dir / "place_route.sh").write_text(rest_sh)
+    result = {"board": board.id, "family": board.family, "dsp": dsp, "ok": False,
+              "seconds": None, "harness": params, "build_dir": str(build_dir),
               "clock_mhz": board.clock_mhz, "constraint_mhz": clock_mhz or board.clock_mhz, "fmax_mhz": None, "fits": False, "utilization": {},
-              "bitstream": None, "error": None}
+              "packed_utilization": {}, "bitstream": None, "error": None}
+    t0 = time.monotonic()
+    env = yowasp_env(board)
+    # Synthesis and nextpnr's packer first (seconds): the packed cell counts are what the
+    # device must hold. Yosys' LUT count understates them (ECP5: carry chains need feed-in
+    # and feed-out cells, and flip-flops that cannot share a slice with their driver take
+    # slots of their own), so a design Yosys says fits can be over capacity. Such a design
+    # is reported as not fitting without a placement run that would fail after an hour.
+    with open(build_dir / "build.log", "w") as log:
+        proc = subprocess.run(["sh", "pack_check.sh"], cwd=build_dir, env=env,
+                              stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+        packed = build_dir / "nextpnr_pack.json"
+        if proc.returncode == 0 and packed.exists():
+            result["packed_utilization"] = parse_nextpnr_report(packed)["utilization"]
+        over = over_capacity(result["packed_utilization"])
+        if proc.returncode == 0 and not over:
+            left = None if timeout is None else max(1.0, timeout - (time.monotonic() - t0))
+            proc = subprocess.run(["sh", "place_route.sh"], cwd=build_dir, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT, timeout=left)
+    result["seconds"] = round(time.monotonic() - t0, 1)
+    result["ok"] = proc.returncode == 0 and not over
+    if over:
+        result["utilization"] = result["packed_utilization"]
+        (out_dir / "pnr.json").write_text(json.dumps({**result, "error": _over_message(over)}, indent=1) + "\n")
+        result["error"] = _over_message(over)
+        return result
     rep = build_dir / "nextpnr_report.json"
     if rep.exists():
         parsed = parse_nextpnr_report(rep)
@@ -222,11 +246,54 @@ def place_and_route(board: Board, rtl_dir: Path, out_dir: Path, params: dict, *,
     if proc.returncode != 0:
         tail = (build_dir / "build.log").read_text().splitlines()[-12:]
         result["error"] = "\n".join(tail)
-        over = [k for k, v in result["utilization"].items() if v["used"] > v["available"]]
+        over = over_capacity(result["utilization"])
         if over:
-            result["error"] = f"does not fit: {', '.join(over)} over capacity\n" + result["error"]
+            result["error"] = _over_message(over) + "\n" + result["error"]
     (out_dir / "pnr.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def split_build_script(script: str) -> tuple[str, str]:
+    """Split amaranth's build script into (synthesis + nextpnr ``--pack-only``, the rest).
+
+    The first script runs Yosys and nextpnr's packer only, writing ``nextpnr_pack.json``
+    (``--report``) with the packed cell counts; the second runs the full nextpnr command
+    and the bitstream packer on the same Yosys netlist. Both keep the script's header
+    (``set -e`` and the tool variables).
+    """
+    lines = script.splitlines()
+    syn = [i for i, l in enumerate(lines) if l.startswith('"$YOSYS"')]
+    pnr = [i for i, l in enumerate(lines) if l.startswith('"$NEXTPNR_')]
+    if len(syn) != 1 or len(pnr) != 1 or not syn[0] < pnr[0]:
+        raise UserError("unexpected amaranth build script (want one Yosys line, then one nextpnr line); "
+                        "amaranth-boards may have changed its script format")
+    head, rest = lines[:syn[0]], lines[syn[0] + 1:]
+    words = lines[pnr[0]].split(" ")
+    pack = []
+    skip = False
+    for i, w in enumerate(words):
+        if skip:
+            skip = False
+            continue
+        if w in ("--textcfg", "--asc", "--report", "--log"):  # outputs of the full run
+            skip = True
+            continue
+        pack.append(w)
+    pack += ["--pack-only", "--report", "nextpnr_pack.json", "--log", "nextpnr_pack.log"]
+    first = head + [lines[syn[0]], " ".join(pack)]
+    second = head + [l for l in rest]
+    return "\n".join(first) + "\n", "\n".join(second) + "\n"
+
+
+def over_capacity(util: dict) -> list[str]:
+    """Cell kinds of a nextpnr utilisation table used beyond the device's count."""
+    return [f"{k} {v['used']}/{v['available']}" for k, v in util.items() if v["used"] > v["available"]]
+
+
+def _over_message(over: list[str]) -> str:
+    return (f"does not fit: {', '.join(over)} over capacity after nextpnr's packing "
+            "(Yosys' LUT count does not include carry feed-in/feed-out and unpaired flip-flop cells); "
+            "fold more (a lower --target-fps or --max-pes), or a larger board")
 
 
 def vivado_plan(board: Board, rtl_dir: Path, out_dir: Path, params: dict) -> dict:

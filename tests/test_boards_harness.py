@@ -180,3 +180,33 @@ def test_pnr_clock_constraint_retargets(board_id, pattern):
     assert constraints(harness_build_plan(board, files, params, clock_mhz=150.0)) == [150.0 * unit]
     with pytest.raises(Exception, match="positive"):
         harness_build_plan(board, files, params, clock_mhz=0)
+
+
+@pytest.mark.parametrize("board_id,outputs", [("ulx3s-85f", ["--textcfg"]), ("icebreaker", ["--asc"])])
+def test_pnr_script_packs_before_placing(board_id, outputs):
+    """Place and route runs in two scripts: Yosys + nextpnr ``--pack-only`` (writing the packed
+    utilisation), then the full nextpnr and bitstream commands on the same netlist."""
+    from accumulus.boards.boards import load_board
+    from accumulus.boards.pnr import harness_build_plan, over_capacity, split_build_script
+
+    params = {"in_elems": 4, "in_width": 8, "frame_elems": 16, "out_bits": 8, "in_bits": 32, "out_beats_per_frame": 1}
+    plan = harness_build_plan(load_board(board_id), {"accumulus_top.v": "module accumulus_top(); endmodule\n"}, params)
+    script = plan.files[f"{plan.script}.sh"]
+    pack, rest = split_build_script(script)
+    pack_lines, rest_lines = pack.splitlines(), rest.splitlines()
+    nextpnr = [l for l in pack_lines if l.startswith('"$NEXTPNR_')]
+    assert len(nextpnr) == 1 and "--pack-only" in nextpnr[0].split()
+    assert "--report nextpnr_pack.json" in nextpnr[0]
+    assert not any(o in nextpnr[0].split() for o in outputs)           # no bitstream config from the packer
+    assert "nextpnr_report.json" not in nextpnr[0]                      # the full run's report is not overwritten
+    assert sum(l.startswith('"$YOSYS"') for l in pack_lines) == 1
+    assert not any(l.startswith('"$YOSYS"') for l in rest_lines)       # synthesis runs once
+    full = [l for l in rest_lines if l.startswith('"$NEXTPNR_')]
+    assert full == [l for l in script.splitlines() if l.startswith('"$NEXTPNR_')]
+    for part in (pack_lines, rest_lines):
+        assert "set -e" in part                                         # a failing step stops its script
+    with pytest.raises(Exception, match="unexpected amaranth build script"):
+        split_build_script("#!/bin/sh\necho nothing\n")
+    util = {"TRELLIS_COMB": {"used": 83641, "available": 83640}, "TRELLIS_FF": {"used": 10, "available": 83640}}
+    assert over_capacity(util) == ["TRELLIS_COMB 83641/83640"]
+    assert over_capacity({"TRELLIS_COMB": {"used": 83640, "available": 83640}}) == []

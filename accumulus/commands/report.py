@@ -83,9 +83,15 @@ def run(args) -> int:
                 t = syn["total"]
                 fits = all(v["fits"] for v in syn["fits"].values())
                 print(f"{pol:>12} {var:>3}: LUT {t['lut']} FF {t['ff']} carry {t['carry']} DSP {t['dsp']} "
-                      f"BRAM bits {t['bram_bits']}  fits {board.id}: {'yes' if fits else 'NO'}")
+                      f"BRAM bits {t['bram_bits']}  Yosys cells within {board.id}'s budget: {'yes' if fits else 'NO'}")
         if p.get("pnr"):
-            print(f"{pol:>12} PnR: fits {'yes' if p['pnr']['fits'] else 'no'}, Fmax {p['pnr']['fmax_mhz']} MHz")
+            from accumulus.boards.report import packed_summary
+
+            pr = p["pnr"]
+            print(f"{pol:>12} PnR: fits {'yes' if pr['fits'] else 'no'} (packed {packed_summary(pr.get('packed_utilization'))}), "
+                  f"Fmax {pr['fmax_mhz']} MHz")
+            if pr.get("error") and not pr["fits"]:
+                print(f"{'':>12}      {pr['error'].splitlines()[0]}")
     print(f"report: {rep / 'report.md'}")
     return 0
 
