@@ -47,7 +47,7 @@ def one(work: Path, net: str, board: str, engine: str, log: Path) -> dict:
     if not rep.exists():
         _cli(["compile", str(proj / "model.onnx"), "--out", str(d), "--board", board, "--engine", engine,
               "--quiet"], log)
-        _cli(["report", str(d), "--board", board, "--policies", "exact", "--no-pnr", "--jobs", "1"], log)
+        _cli(["report", str(d), "--board", board, "--policies", "exact", "--variants", "lut", "--no-pnr", "--jobs", "1"], log)
     from accumulus.boards.report import estimate_layers, policy_dir
     from accumulus.compiler.plan import Plan
 

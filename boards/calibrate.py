@@ -34,12 +34,13 @@ from accumulus.compiler.types import IntType
 
 from .synth import SynthJob, run_many, yosys_version
 
-__all__ = ["Config", "ConstConfig", "DEFAULT_CONFIGS", "CONST_CONFIGS", "features", "fit", "calibrate",
-           "calibrate_const", "coefficients_path"]
+__all__ = ["Config", "ConstConfig", "SWGConfig", "DEFAULT_CONFIGS", "CONST_CONFIGS", "SWG_CONFIGS", "features", "fit",
+           "calibrate", "calibrate_const", "calibrate_swg", "coefficients_path"]
 
 LUT_TERMS = ("lut_per_mac_bit", "lut_per_adder_bit", "lut_per_acc_bit", "lut_per_threshold_bit",
-             "lut_per_buffer_bit", "lut_per_rom_bit", "lut_per_threshold_rom_bit", "lut_per_layer")
-FF_TERMS = ("ff_per_acc_bit", "ff_per_lane_bit", "ff_per_buffer_bit", "ff_per_rom_bit", "ff_per_layer")
+             "lut_per_buffer_bit", "lut_per_rom_bit", "lut_per_threshold_rom_bit", "lut_per_requant", "lut_per_layer")
+FF_TERMS = ("ff_per_acc_bit", "ff_per_lane_bit", "ff_per_buffer_bit", "ff_per_rom_bit", "ff_per_requant",
+            "ff_per_layer")
 # Where Yosys stops using block RAM for a PE's weight ROM, measured per family: on iCE40's
 # 4 kbit EBRs 512-bit and 32-deep ROMs became LUTs while 2 kbit ROMs of depth >= 128 stayed
 # in EBR; on ECP5's 18 kbit DP16KD, 2 kbit ROMs became LUTs too and 4 kbit ones used EBR.
@@ -172,9 +173,10 @@ def layer_terms(w_bits, x_bits, channels, fan_in, pe, simd, pe_acc_bits, thresho
         "lut_per_mac_bit": lanes * w_bits * x_bits, "lut_per_adder_bit": lanes * adder_bits,
         "lut_per_acc_bit": float(sum(pe_acc_bits)), "lut_per_threshold_bit": pe * threshold_bits,
         "lut_per_buffer_bit": channels * out_bits * reorder, "lut_per_rom_bit": rom,
-        "lut_per_threshold_rom_bit": th_rom, "lut_per_layer": 1.0,
+        "lut_per_threshold_rom_bit": th_rom, "lut_per_requant": float(bool(levels)), "lut_per_layer": 1.0,
         "ff_per_acc_bit": float(sum(pe_acc_bits)), "ff_per_lane_bit": lanes * x_bits,
-        "ff_per_buffer_bit": channels * out_bits * reorder, "ff_per_rom_bit": rom, "ff_per_layer": 1.0,
+        "ff_per_buffer_bit": channels * out_bits * reorder, "ff_per_rom_bit": rom,
+        "ff_per_requant": float(bool(levels)), "ff_per_layer": 1.0,
     }
 
 
@@ -216,15 +218,24 @@ def predict(row: dict, coeff: dict, terms) -> float:
     return float(sum(row[t] * coeff.get(t, 0.0) for t in terms))
 
 
-def _synthesise(entries: list[dict], jobs: list[SynthJob], workers, progress: bool, desc: str) -> None:
-    """Run the calibration engines' Yosys jobs; each entry gets its ``yosys`` totals and time."""
+def _synthesise(entries: list[dict], jobs: list[SynthJob], workers, progress: bool, desc: str,
+                allow_fail: bool = False) -> list[dict]:
+    """Run the calibration engines' Yosys jobs; each entry gets its ``yosys`` totals and time.
+    With ``allow_fail``, entries whose synthesis failed are returned (with the error) instead
+    of raising, and are left out of ``entries``."""
     results = run_many(jobs, workers=workers, progress=progress, desc=desc)
     failed = [r.name for r in results if not r.ok]
-    if failed:
+    if failed and not allow_fail:
         raise RuntimeError(f"Yosys failed on calibration configurations {failed}: see their yosys.log")
-    for e, r in zip(entries, results):
+    dropped = []
+    for e, r in zip(list(entries), results):
+        if not r.ok:
+            entries.remove(e)
+            dropped.append({"name": e["name"], "config": e["config"], "error": (r.error or "")[-600:]})
+            continue
         e["yosys"] = r.total
         e["seconds"] = round(r.seconds, 1)
+    return dropped
 
 
 def _max_errors(entries: list[dict]) -> dict:
@@ -391,6 +402,140 @@ def refit_const(calibration_json: Path, write: bool = True) -> dict:
     return doc
 
 
+@dataclass(frozen=True)
+class SWGConfig:
+    """One sliding-window generator (hw/swg.py) alone: an ``H x W x C`` image of
+    ``elem_bits`` codes, a ``kernel`` square window, ``simd`` window elements per beat."""
+
+    in_shape: tuple
+    kernel: int = 3
+    elem_bits: int = 4
+    simd: int = 16
+    pads: int = 1
+
+    @property
+    def name(self) -> str:
+        h, w, c = self.in_shape
+        return f"swg_{h}x{w}x{c}_k{self.kernel}_b{self.elem_bits}_s{self.simd}"
+
+    def conv(self) -> dict:
+        """The plan's ``layer["conv"]`` of this geometry (what compiler/cost.py reads)."""
+        return {"in_shape": list(self.in_shape), "kernel": [self.kernel] * 2, "stride": [1, 1],
+                "dilation": [1, 1], "pads": [self.pads] * 4}
+
+
+# Window generators over the image sizes, channel counts and beat widths of the presets'
+# conv layers: one window per beat (the constant-weight engine: a read port per window
+# pixel), a few pixels per beat, and one channel group per beat (the folded engine).
+SWG_CONFIGS = (
+    SWGConfig((8, 8, 16), simd=144), SWGConfig((4, 4, 16), simd=144), SWGConfig((8, 8, 1), elem_bits=5, simd=9),
+    SWGConfig((8, 8, 16), simd=16), SWGConfig((8, 8, 16), simd=48), SWGConfig((16, 16, 8), simd=72),
+    SWGConfig((8, 8, 32), simd=288), SWGConfig((8, 8, 16), elem_bits=8, simd=144),
+    SWGConfig((8, 4, 16), simd=144), SWGConfig((8, 16, 16), simd=144), SWGConfig((8, 32, 4), simd=36),
+    SWGConfig((8, 8, 8), simd=72), SWGConfig((8, 8, 16), kernel=5, simd=400, pads=2),
+    SWGConfig((28, 28, 1), elem_bits=8, simd=1), SWGConfig((14, 14, 16), simd=4),
+)
+SWG_LUT_TERMS, SWG_FF_TERMS = cost_model.SWG_TERMS["lut"], cost_model.SWG_TERMS["ff"]
+# The cells a line buffer would take, per family, and the form of Yosys' choice between them
+# (compiler/cost.py swg_in_logic): iCE40 SB_RAM40_4K as 256x16 and no LUT RAM (rule
+# ``fill``); ECP5 DP16KD as 512x36 against TRELLIS_DPR16X4 (16x4), Xilinx 7 RAMB18E1 as 512x36
+# against RAM64M (64x3) (rule ``lutram``). Only the rule's threshold is fitted; on the
+# calibration buffers both rules separate Yosys' choices exactly.
+BRAM_SHAPE = {"ice40": {"swg_rule": "fill", "bram_width": 16, "bram_depth": 256},
+              "ecp5": {"swg_rule": "lutram", "bram_width": 36, "bram_depth": 512, "lutram_width": 4, "lutram_depth": 16},
+              "xc7": {"swg_rule": "lutram", "bram_width": 36, "bram_depth": 512, "lutram_width": 3, "lutram_depth": 64}}
+SWG_THRESHOLD = {"fill": "swg_min_fill", "lutram": "swg_max_lutram_ratio"}
+
+
+def _swg_measure(e: dict, shape: dict) -> float:
+    """The quantity the family's rule compares with its threshold (logic below it)."""
+    g = e["geometry"]
+    word_bits = g["word_elems"] * e["config"]["elem_bits"]
+    depth = g["buffer_words"]
+    brams = math.ceil(word_bits / shape["bram_width"]) * math.ceil(depth / shape["bram_depth"])
+    if shape["swg_rule"] == "lutram":
+        return math.ceil(depth / shape["lutram_depth"]) * math.ceil(word_bits / shape["lutram_width"]) / brams
+    return depth * word_bits / (g["lanes"] * brams * shape["bram_width"] * shape["bram_depth"])
+
+
+def fit_swg_entries(entries: list[dict], family: str) -> dict:
+    """Fit the window generator's coefficients: the block-RAM/logic threshold from the
+    buffers Yosys put in logic (no block RAM bits), then the LUT and FF terms."""
+    shape = BRAM_SHAPE[family]
+    logic = [_swg_measure(e, shape) for e in entries if e["yosys"]["bram_bits"] == 0]
+    bram = [_swg_measure(e, shape) for e in entries if e["yosys"]["bram_bits"] > 0]
+    if logic and bram and max(logic) >= min(bram):
+        # not separable: keep the split that misclassifies fewest buffers
+        cands = sorted(set(logic + bram))
+        threshold = min(cands, key=lambda t: sum(f >= t for f in logic) + sum(f < t for f in bram))
+    elif logic and bram:
+        threshold = math.sqrt(max(logic) * min(bram))
+    else:
+        threshold = 2 * max(logic) if logic else 0.0
+    coeff = dict(shape, **{SWG_THRESHOLD[shape["swg_rule"]]: round(threshold, 6)})
+    rows = [cost_model.swg_terms(e["geometry"], e["config"]["elem_bits"], coeff) for e in entries]
+    coeff.update(fit(rows, [e["yosys"]["lut"] for e in entries], SWG_LUT_TERMS))
+    coeff.update(fit(rows, [e["yosys"]["ff"] for e in entries], SWG_FF_TERMS))
+    for e, cfg in zip(entries, [SWGConfig(**{**e["config"], "in_shape": tuple(e["config"]["in_shape"])})
+                                for e in entries]):
+        est = cost_model.swg_cost(cfg.conv(), cfg.elem_bits, cfg.simd, coeff)
+        e["in_logic"] = e["yosys"]["bram_bits"] == 0
+        e["in_logic_predicted"] = cost_model.swg_in_logic(e["geometry"], cfg.elem_bits, coeff)
+        e["estimate"] = {"lut": round(est["lut"], 1), "ff": round(est["ff"], 1), "bram_bits": est["bram_bits"]}
+        e["lut_error"] = round(est["lut"] / e["yosys"]["lut"] - 1, 4)
+        e["ff_error"] = round(est["ff"] / e["yosys"]["ff"] - 1, 4)
+    return coeff
+
+
+def calibrate_swg(family: str, out_dir: Path, configs=SWG_CONFIGS, *, workers: int | None = None,
+                  write: bool = True, progress: bool = True) -> dict:
+    """Build and synthesise the window generators alone, fit their coefficients, and
+    (``write``) add them to the family's table."""
+    from amaranth.back import verilog
+
+    from accumulus.hw.swg import SWGSpec
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    entries, jobs = [], []
+    for cfg in configs:
+        spec = SWGSpec(cfg.in_shape, cfg.kernel, 1, cfg.pads, elem=IntType(cfg.elem_bits, False), simd=cfg.simd)
+        geom = cost_model.swg_geometry(cfg.conv(), cfg.simd)
+        assert (geom["lanes"], geom["word_elems"], geom["buffer_words"]) == (spec.lanes, spec.word_elems,
+                                                                              spec.buffer_words), cfg
+        d = out_dir / cfg.name
+        (d / "rtl").mkdir(parents=True, exist_ok=True)
+        (d / "rtl" / "swg.v").write_text(verilog.convert(spec.create(), name="swg"))
+        entries.append({"config": asdict(cfg), "name": cfg.name, "geometry": geom})
+        jobs.append(SynthJob(cfg.name, [d / "rtl" / "swg.v"], "swg", family, d / f"synth-{family}-lut", flatten=True))
+    # Yosys 0.70 (YoWASP) throws in memory_libmap on a 25-read-port buffer (5x5 window) for
+    # ECP5 and Xilinx 7; such configurations are recorded as failed and left out of the fit.
+    failed = _synthesise(entries, jobs, workers, progress, f"window generator calibration ({family})",
+                         allow_fail=True)
+    coeff = fit_swg_entries(entries, family)
+    doc = {"family": family, "engine": "swg", "yosys": yosys_version(), "configs": entries, "failed": failed,
+           "coefficients": coeff,
+           **_max_errors(entries), "mode_misses": sum(e["in_logic"] != e["in_logic_predicted"] for e in entries),
+           "seconds": round(time.monotonic() - t0, 1)}
+    (out_dir / f"calibration-{family}-swg.json").write_text(json.dumps(doc, indent=1) + "\n")
+    if write:
+        store(family, coeff, doc, engine="swg")
+    return doc
+
+
+def refit_swg(calibration_json: Path, write: bool = True) -> dict:
+    """Fit the window generator's coefficients again from a stored calibration."""
+    doc = json.loads(Path(calibration_json).read_text())
+    doc["coefficients"] = fit_swg_entries(doc["configs"], doc["family"])
+    doc.update(_max_errors(doc["configs"]))
+    doc["mode_misses"] = sum(e["in_logic"] != e["in_logic_predicted"] for e in doc["configs"])
+    Path(calibration_json).write_text(json.dumps(doc, indent=1) + "\n")
+    if write:
+        store(doc["family"], doc["coefficients"], doc, engine="swg")
+    return doc
+
+
 def store(family: str, coeff: dict, doc: dict, path: Path | None = None, engine: str = "rom") -> Path:
     """Write ``family``'s coefficients and record where they came from: ``rom`` replaces the
     family's table, ``const`` adds the constant-weight coefficients to it."""
@@ -398,11 +543,16 @@ def store(family: str, coeff: dict, doc: dict, path: Path | None = None, engine:
     data = json.loads(path.read_text())
     record = {"yosys": doc["yosys"], "configs": len(doc["configs"]),
               "max_abs_lut_error": doc["max_abs_lut_error"], "max_abs_ff_error": doc["max_abs_ff_error"]}
-    if engine == "const":
+    if engine in ("const", "swg"):
         data["families"][family].update(coeff)
-        data.setdefault("calibration", {})[f"{family}-const"] = dict(record, by="boards/calibrate.py --engine const")
+        data.setdefault("calibration", {})[f"{family}-{engine}"] = dict(record, by=f"boards/calibrate.py --engine {engine}")
     else:
-        data["families"][family] = coeff
+        # the ROM engine's table replaces the family's; the other engines' entries stay
+        keep = {k: v for k, v in data["families"].get(family, {}).items()
+                if k.startswith(("lut_per_const", "ff_per_const", "lut_per_swg", "ff_per_swg"))
+                or k in ("swg_rule", "swg_min_fill", "swg_max_lutram_ratio", "bram_width", "bram_depth",
+                         "lutram_width", "lutram_depth")}
+        data["families"][family] = {**coeff, **keep}
         data.setdefault("calibration", {})[family] = dict(record, by="boards/calibrate.py", dsp=doc["dsp"])
     path.write_text(json.dumps(data, indent=1) + "\n")
     return path
@@ -412,15 +562,20 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m accumulus.boards.calibrate", description=__doc__.splitlines()[0])
     ap.add_argument("--family", default="ice40", choices=["ice40", "ecp5", "xc7"])
     ap.add_argument("--out", default="build/calibration")
-    ap.add_argument("--engine", choices=["rom", "const"], default="rom",
-                    help="rom: the folded MVU (hw/mvu.py); const: the constant-weight engine (hw/constmv.py)")
+    ap.add_argument("--engine", choices=["rom", "const", "swg"], default="rom",
+                    help="rom: the folded MVU (hw/mvu.py); const: the constant-weight engine (hw/constmv.py); "
+                         "swg: the sliding-window generator of conv layers (hw/swg.py)")
     ap.add_argument("--dsp", action="store_true", help="calibrate the hard-multiplier variant")
     ap.add_argument("--jobs", "-j", type=int, default=None)
     ap.add_argument("--no-write", action="store_true", help="do not update compiler/cost_coefficients.json")
     ap.add_argument("--refit", action="store_true",
                     help="fit again from OUT/calibration-FAMILY.json without synthesising")
     args = ap.parse_args(argv)
-    if args.engine == "const" and args.refit:
+    if args.engine == "swg":
+        doc = (refit_swg(Path(args.out) / f"calibration-{args.family}-swg.json", write=not args.no_write) if args.refit
+               else calibrate_swg(args.family, Path(args.out), workers=args.jobs or os.cpu_count(),
+                                  write=not args.no_write))
+    elif args.engine == "const" and args.refit:
         doc = refit_const(Path(args.out) / f"calibration-{args.family}-const.json", write=not args.no_write)
     elif args.engine == "const":
         doc = calibrate_const(args.family, Path(args.out), workers=args.jobs or os.cpu_count(),

@@ -97,8 +97,8 @@ def estimate_layers(plan: Plan, policy: str, family: str, coeff: dict | None = N
             # the adder graph as built (build.json, under the policy) or as planned (exact)
             g = b.get("const") or layer.get("const")
             if g is not None:
-                out[layer["name"]] = {k: float(v) for k, v in cost_model.const_graph_cost(
-                    g, int(layer["channels"]), levels, max(tb) if tb else 0, coeff).items()}
+                est = cost_model.const_graph_cost(g, int(layer["channels"]), levels, max(tb) if tb else 0, coeff)
+                out[layer["name"]] = {k: float(v) for k, v in _with_swg(est, layer, int(layer["fan_in"]), coeff).items()}
                 out[layer["name"]]["threshold_storage_bits"] = 0
                 out[layer["name"]]["engine"] = "const"
                 continue
@@ -106,10 +106,19 @@ def estimate_layers(plan: Plan, policy: str, family: str, coeff: dict | None = N
             IntTypeBits(layer["weight_type"]), IntTypeBits(layer["input_type"]), int(layer["channels"]),
             int(layer["fan_in"]), int(fold["pe"]), int(fold["simd"]), acc, levels, max(tb) if tb else 0, coeff,
             reorder=order_needs_buffer(fold["channel_order"], int(fold["pe"])))
+        est = _with_swg(est, layer, int(fold["simd"]), coeff)
         out[layer["name"]] = {k: float(v) for k, v in est.items()}
         out[layer["name"]]["engine"] = "rom"
         out[layer["name"]]["threshold_storage_bits"] = threshold_storage_bits(plan, layer, tb) if tb else 0
     return out
+
+
+def _with_swg(est: dict, layer: dict, simd: int, coeff: dict) -> dict:
+    """A conv layer's estimate plus its sliding-window generator's (hw/swg.py, in the layer's module)."""
+    if not layer.get("conv"):
+        return est
+    w = cost_model.swg_cost(layer["conv"], IntTypeBits(layer["input_type"]), simd, coeff)
+    return {k: est[k] + w.get(k, 0) for k in est}
 
 
 def IntTypeBits(t: dict) -> int:  # noqa: N802 - reads like a type conversion

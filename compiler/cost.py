@@ -4,11 +4,16 @@ Per MAC layer with ``PE`` output lanes of ``SIMD`` products each:
   LUT = lanes·(w_bits·x_bits·lut_per_mac_bit + adder_bits·lut_per_adder_bit)
         + Σ_PE acc_bits·lut_per_acc_bit + Σ_PE threshold_bits·lut_per_threshold_bit + lut_per_layer
   FF  = Σ_PE acc_bits·ff_per_acc_bit + lanes·x_bits·ff_per_lane_bit + ff_per_layer
+  (+ {lut,ff}_per_requant for a layer with a threshold requantizer)
   (+ N·out_bits·{lut,ff}_per_buffer_bit: the order-restore buffer, when calibrated)
   (+ N·K·w_bits·{lut,ff}_per_rom_bit when the weight ROMs are small enough to be LUTs)
   DSP = lanes whose product is at least ``dsp_min_product_bits`` wide (0 = never)
   BRAM bits = weights (N·K·w_bits) + thresholds (N·T·threshold_bits)
 where ``adder_bits`` is the product width plus log2(SIMD) (a width-aware adder tree).
+A conv layer adds its sliding-window generator (hw/swg.py; :func:`swg_cost`): control, the
+padding and output selection per read-port bit, and its line buffer -- block RAM bits, or,
+where Yosys builds it from logic (many read ports of a small buffer: a constant-weight conv
+reads a whole window per cycle), flip-flops and read multiplexers.
 A ``reorder`` layer (DepthToSpace, nearest Resize; hw/reorder.py) is a two-row buffer of
 ``2·W·C`` elements (BRAM bits) plus address counters and index tables whose logic grows with
 the buffer's address width ``A = ceil(log2(2·W·C))``: LUT = A·lut_per_reorder_addr_bit,
@@ -36,7 +41,7 @@ import json
 import math
 from importlib import resources
 
-__all__ = ["full_adders_per_dot", "layer_full_adders", "load_coefficients", "mac_layer_cost", "const_layer_cost", "const_graph_cost", "CONST_DEFAULTS", "weight_rom_in_logic", "threshold_rom_in_logic", "stream_layer_cost", "reorder_layer_cost", "total", "RESOURCES"]
+__all__ = ["full_adders_per_dot", "layer_full_adders", "load_coefficients", "mac_layer_cost", "const_layer_cost", "const_graph_cost", "CONST_DEFAULTS", "weight_rom_in_logic", "threshold_rom_in_logic", "stream_layer_cost", "reorder_layer_cost", "swg_geometry", "swg_cost", "SWG_TERMS", "total", "RESOURCES"]
 
 RESOURCES = ("lut", "ff", "dsp", "bram_bits")
 
@@ -84,6 +89,10 @@ def mac_layer_cost(w_bits: int, x_bits: int, channels: int, fan_in: int, pe: int
            + acc * coeff["lut_per_acc_bit"] + pe * threshold_bits * coeff["lut_per_threshold_bit"]
            + coeff["lut_per_layer"])
     ff = acc * coeff["ff_per_acc_bit"] + lanes * x_bits * coeff["ff_per_lane_bit"] + coeff["ff_per_layer"]
+    # a threshold requantizer's control (its search and output registers), whatever its size
+    if threshold_levels:
+        lut += coeff.get("lut_per_requant", 0.0)
+        ff += coeff.get("ff_per_requant", 0.0)
     # hw/mvu.py restores the natural channel order through a double buffer of N output codes
     # (accumulators when there is no requantizer) unless every fold's channels are one
     # contiguous block (``reorder=False``); absent coefficients mean "not modelled".
@@ -196,6 +205,95 @@ def reorder_layer_cost(elem_bits: int, in_shape, coeff: dict) -> dict:
     return {"lut": addr * k["lut_per_reorder_addr_bit"],
             "ff": k["ff_per_reorder"] + addr * k["ff_per_reorder_addr_bit"],
             "dsp": 0, "bram_bits": depth * int(elem_bits)}
+
+
+def swg_geometry(conv: dict, simd: int) -> dict:
+    """The sliding-window generator a conv layer of the plan gets (``conv``: the plan's
+    ``layer["conv"]``) in front of an engine reading ``simd`` window elements per beat:
+    ``lanes`` read ports of ``word_elems`` elements each, a line buffer of ``buffer_words``
+    words. The same rule as hw/swg.py's SWGSpec and hw/top.py (which cannot be imported
+    here: the compiler does not depend on the hardware layer); tests/test_cost_swg.py checks
+    the two agree."""
+    h, w, c = (int(v) for v in conv["in_shape"])
+    kh, kw = (int(v) for v in conv["kernel"])
+    sh = int(conv["stride"][0])
+    dh = int(conv.get("dilation", [1, 1])[0])
+
+    def words(beat):
+        if c % beat == 0:
+            return beat, 1
+        if beat % c == 0 and (kh * kw) % (beat // c) == 0:
+            return c, beat // c
+        return None
+
+    got = words(simd) or words(math.gcd(simd, c))
+    word_elems, lanes = got
+    ekh = (kh - 1) * dh + 1
+    rows = 1 << (ekh + sh - 1).bit_length()
+    return {"word_elems": word_elems, "lanes": lanes, "rows": rows,
+            "buffer_words": rows * w * (c // word_elems)}
+
+
+# Terms of the window generator's cost (boards/calibrate.py --engine swg fits them per family):
+# while the line buffer is in logic, every read port is a buffer-words-to-one multiplexer of a
+# word: ``lut_per_swg_mux_bit`` x lanes x word bits x buffer words plus
+# ``lut_per_swg_mux_log_bit`` x lanes x word bits x log2(buffer words) (Yosys shares the lower
+# levels of the ports' multiplexer trees, so the growth is between the two; iCE40: 45% worst
+# error with the linear term alone, 12% with both); ``lut_per_swg_port_bit`` x lanes x word bits
+# (padding and output selection); ``lut_per_swg`` (counters and control); flip-flops likewise,
+# with the buffer's own bits when it is in logic.
+# In logic the read ports also cost per bit what block RAM's output registers and read logic
+# absorb otherwise (``*_per_swg_logic_port_bit``).
+SWG_TERMS = {"lut": ("lut_per_swg_mux_bit", "lut_per_swg_mux_log_bit", "lut_per_swg_logic_port_bit",
+                     "lut_per_swg_port_bit", "lut_per_swg"),
+             "ff": ("ff_per_swg_mem_bit", "ff_per_swg_logic_port_bit", "ff_per_swg_port_bit", "ff_per_swg")}
+
+
+def swg_in_logic(geom: dict, elem_bits: int, coeff: dict) -> bool:
+    """Whether Yosys builds the line buffer from logic rather than block RAM, by the family's
+    rule (``swg_rule``; its thresholds are fitted to Yosys' choices by boards/calibrate.py,
+    the block shapes are the family's cells):
+
+    * ``fill`` (iCE40: no LUT RAM, a buffer in logic is flip-flops and multiplexers): logic
+      when a buffer copy per read port fills less than ``swg_min_fill`` of the block RAMs
+      (``bram_width`` x ``bram_depth``) the copies would take;
+    * ``lutram`` (ECP5, Xilinx 7): logic (LUT RAM) when the LUT RAM cells of one copy
+      (``lutram_depth`` x ``lutram_width`` each) number fewer than ``swg_max_lutram_ratio``
+      times its block RAMs.
+
+    Absent coefficients: always block RAM."""
+    word_bits = geom["word_elems"] * elem_bits
+    depth = geom["buffer_words"]
+    bw, bd = coeff.get("bram_width", 16), coeff.get("bram_depth", 256)
+    brams = math.ceil(word_bits / bw) * math.ceil(depth / bd)
+    if coeff.get("swg_rule", "fill") == "lutram":
+        cells = math.ceil(depth / coeff["lutram_depth"]) * math.ceil(word_bits / coeff["lutram_width"])
+        return cells < coeff.get("swg_max_lutram_ratio", 0.0) * brams
+    fill = depth * word_bits / (geom["lanes"] * brams * bw * bd)
+    return fill < coeff.get("swg_min_fill", 0.0)
+
+
+def swg_terms(geom: dict, elem_bits: int, coeff: dict) -> dict:
+    word_bits = geom["word_elems"] * elem_bits
+    port_bits = geom["lanes"] * word_bits
+    logic = swg_in_logic(geom, elem_bits, coeff)
+    return {"lut_per_swg_mux_bit": float(port_bits * geom["buffer_words"]) if logic else 0.0,
+            "lut_per_swg_mux_log_bit": float(port_bits * math.log2(max(2, geom["buffer_words"]))) if logic else 0.0,
+            "lut_per_swg_logic_port_bit": float(port_bits) if logic else 0.0,
+            "lut_per_swg_port_bit": float(port_bits), "lut_per_swg": 1.0,
+            "ff_per_swg_mem_bit": float(geom["buffer_words"] * word_bits) if logic else 0.0,
+            "ff_per_swg_logic_port_bit": float(port_bits) if logic else 0.0,
+            "ff_per_swg_port_bit": float(port_bits), "ff_per_swg": 1.0,
+            "bram_bits": 0.0 if logic else float(geom["lanes"] * geom["buffer_words"] * word_bits)}
+
+
+def swg_cost(conv: dict, elem_bits: int, simd: int, coeff: dict) -> dict:
+    """The window generator of a conv layer (hw/swg.py), from its geometry; zero where the
+    family has no window-generator coefficients (not calibrated)."""
+    t = swg_terms(swg_geometry(conv, simd), elem_bits, coeff)
+    return {"lut": sum(t[k] * coeff.get(k, 0.0) for k in SWG_TERMS["lut"]),
+            "ff": sum(t[k] * coeff.get(k, 0.0) for k in SWG_TERMS["ff"]),
+            "dsp": 0, "bram_bits": t["bram_bits"]}
 
 
 def total(costs) -> dict:

@@ -179,10 +179,12 @@ def test_cost_model_features_match_compiler_cost():
 def test_fit_recovers_nonnegative_coefficients():
     rng = np.random.default_rng(0)
     true = {"lut_per_mac_bit": 2.5, "lut_per_adder_bit": 1.1, "lut_per_acc_bit": 0.0, "lut_per_threshold_bit": 3.0,
-            "lut_per_buffer_bit": 0.7, "lut_per_rom_bit": 0.0, "lut_per_layer": 40.0}
-    rows = [layer_terms(4, int(x), int(n), 64, int(pe), int(s), [int(a)] * int(pe), int(a) + 1, 4)
-            for x, n, pe, s, a in zip(rng.integers(2, 9, 14), rng.choice([16, 32, 64], 14), rng.choice([1, 2, 4], 14),
-                                      rng.choice([1, 2, 4, 8], 14), rng.integers(8, 33, 14))]
+            "lut_per_buffer_bit": 0.7, "lut_per_rom_bit": 0.0, "lut_per_requant": 60.0, "lut_per_layer": 40.0}
+    # a third of the layers without thresholds (a network's last layer), so that the
+    # requantizer's constant and the layer's are told apart
+    rows = [layer_terms(4, int(x), int(n), 64, int(pe), int(s), [int(a)] * int(pe), (int(a) + 1) * bool(r), 4)
+            for x, n, pe, s, a, r in zip(rng.integers(2, 9, 14), rng.choice([16, 32, 64], 14), rng.choice([1, 2, 4], 14),
+                                         rng.choice([1, 2, 4, 8], 14), rng.integers(8, 33, 14), np.arange(14) % 3)]
     y = [predict(r, true, LUT_TERMS) for r in rows]
     got = fit(rows, y, LUT_TERMS)
     for k, v in true.items():

@@ -205,13 +205,23 @@ def _rom_cost(layer, pe, simd, coeff):
     order = group_channels(exact, pe)
     widths = pe_widths(exact, pe, order)
     levels, tb = _thresholds(p)
-    return cost_model.mac_layer_cost(p["weight_type"].bits, p["input_type"].bits, p["channels"],
-                                     p["fan_in"], pe, simd, widths, levels, tb, coeff)
+    c = cost_model.mac_layer_cost(p["weight_type"].bits, p["input_type"].bits, p["channels"],
+                                  p["fan_in"], pe, simd, widths, levels, tb, coeff)
+    return _with_swg(c, p, simd, coeff)
 
 
 def _const_cost(layer, summary, coeff):
     levels, tb = _thresholds(layer.params)
-    return cost_model.const_graph_cost(summary, layer.params["channels"], levels, tb, coeff)
+    c = cost_model.const_graph_cost(summary, layer.params["channels"], levels, tb, coeff)
+    return _with_swg(c, layer.params, layer.params["fan_in"], coeff)    # a whole window per beat
+
+
+def _with_swg(c: dict, p, simd: int, coeff) -> dict:
+    """A conv layer's cost plus its sliding-window generator's (compiler/cost.py swg_cost)."""
+    if not p.get("conv"):
+        return c
+    w = cost_model.swg_cost(p["conv"], p["input_type"].bits, simd, coeff)
+    return {k: c[k] + w.get(k, 0) for k in c}
 
 
 def _score(c, budget) -> float:
