@@ -91,7 +91,8 @@ def _harness_top(board: Board, files: dict[str, str], params: dict):
 
 
 def harness_build_plan(board: Board, files: dict[str, str], params: dict, *, dsp: bool = False,
-                       report: bool = True, name: str = "accumulus_board", clock_mhz: float | None = None):
+                       report: bool = True, name: str = "accumulus_board", clock_mhz: float | None = None,
+                       router: str | None = None):
     """The amaranth-boards build plan of the harness around the generated top.
 
     ``clock_mhz``: the clock constraint place and route works towards, instead of the
@@ -103,6 +104,10 @@ def harness_build_plan(board: Board, files: dict[str, str], params: dict, *, dsp
     kwargs = {}
     if board.family in ("ice40", "ecp5"):
         opts = ["--timing-allow-fail", "--seed", "1"]
+        if router is not None:
+            if router not in ("router1", "router2"):
+                raise UserError(f"nextpnr router '{router}': choose router1 or router2")
+            opts += ["--router", router]
         if report:
             opts += ["--report", "nextpnr_report.json"]
         kwargs["nextpnr_opts"] = " ".join(opts)
@@ -182,7 +187,7 @@ def extract(plan, root: Path) -> Path:
 
 
 def place_and_route(board: Board, rtl_dir: Path, out_dir: Path, params: dict, *, dsp: bool = False,
-                    timeout: float | None = None, clock_mhz: float | None = None) -> dict:
+                    timeout: float | None = None, clock_mhz: float | None = None, router: str | None = None) -> dict:
     """Synthesise, place and route the harness + top; Fmax, utilisation, fits, bitstream path.
 
     Never raises on a design that does not fit: ``fits`` is False and ``error`` holds the
@@ -195,7 +200,7 @@ def place_and_route(board: Board, rtl_dir: Path, out_dir: Path, params: dict, *,
     if out_dir.exists():
         shutil.rmtree(out_dir)
     files = rtl_files(rtl_dir)
-    plan = harness_build_plan(board, files, params, dsp=dsp, clock_mhz=clock_mhz)
+    plan = harness_build_plan(board, files, params, dsp=dsp, clock_mhz=clock_mhz, router=router)
     build_dir = extract(plan, out_dir)
     script = plan.files[f"{plan.script}.sh"]
     pack_sh, rest_sh = split_build_script(script)
@@ -203,8 +208,8 @@ def place_and_route(board: Board, rtl_dir: Path, out_dir: Path, params: dict, *,
     (build_dir / "place_route.sh").write_text(rest_sh)
     result = {"board": board.id, "family": board.family, "dsp": dsp, "ok": False,
               "seconds": None, "harness": params, "build_dir": str(build_dir),
-              "clock_mhz": board.clock_mhz, "constraint_mhz": clock_mhz or board.clock_mhz, "fmax_mhz": None, "fits": False, "utilization": {},
-              "packed_utilization": {}, "bitstream": None, "error": None}
+              "clock_mhz": board.clock_mhz, "constraint_mhz": clock_mhz or board.clock_mhz, "router": router,
+              "fmax_mhz": None, "fits": False, "utilization": {}, "packed_utilization": {}, "bitstream": None, "error": None}
     t0 = time.monotonic()
     env = yowasp_env(board)
     # Synthesis and nextpnr's packer first (seconds): the packed cell counts are what the

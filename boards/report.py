@@ -161,11 +161,13 @@ def _ratio(a, b):
 def run_report(project: Path, board: Board, policies=DEFAULT_POLICIES, *, estimate_only: bool = False,
                pnr: bool = True, variants: list[str] | None = None, workers: int | None = None,
                out: Path | None = None, plan_note: str | None = None, progress: bool = True,
-               layer_jobs: bool = False, pnr_clock_mhz: float | None = None) -> dict:
+               layer_jobs: bool = False, pnr_clock_mhz: float | None = None,
+               pnr_router: str | None = None) -> dict:
     """Build, synthesise, place and route ``project``'s plan under each policy; write the report.
 
     ``pnr_clock_mhz``: place and route against that clock constraint instead of the board
-    oscillator's (an Fmax measurement, :func:`boards.pnr.retarget_clock`)."""
+    oscillator's (an Fmax measurement, :func:`boards.pnr.retarget_clock`); ``pnr_router``:
+    nextpnr's ``--router`` (None: nextpnr's default)."""
     project = Path(project)
     out = Path(out or project)
     rep_dir = out / "reports"
@@ -195,7 +197,8 @@ def run_report(project: Path, board: Board, policies=DEFAULT_POLICIES, *, estima
     doc: dict = {
         "format_version": 1, "board": board.doc, "plan": {"source": note, "dir": str(project)},
         "policies": policies, "variants": variants, "widths": widths,
-        "options": {"estimate_only": estimate_only, "pnr": pnr, "workers": workers},
+        "options": {"estimate_only": estimate_only, "pnr": pnr, "workers": workers, "pnr_clock_mhz": pnr_clock_mhz,
+                    "pnr_router": pnr_router},
         "tools": {}, "policy": {},
         "verification": verification_summary(plan.doc),
     }
@@ -272,7 +275,8 @@ def run_report(project: Path, board: Board, policies=DEFAULT_POLICIES, *, estima
             params = harness_params(builds[pol])
             d = rep_dir / policy_dir(pol)
             pnr_futures[pol] = pool.submit(place_and_route, board, d / "rtl", d / f"pnr-{board.family}-{pvar}",
-                                           params, dsp=(pvar == "dsp"), clock_mhz=pnr_clock_mhz)
+                                           params, dsp=(pvar == "dsp"), clock_mhz=pnr_clock_mhz,
+                                           router=pnr_router)
         say(f"place and route ({len(pnr_futures)} runs, variant {pvar}) ...")
         for pol, fut in pnr_futures.items():
             r = fut.result()

@@ -210,3 +210,24 @@ def test_pnr_script_packs_before_placing(board_id, outputs):
     util = {"TRELLIS_COMB": {"used": 83641, "available": 83640}, "TRELLIS_FF": {"used": 10, "available": 83640}}
     assert over_capacity(util) == ["TRELLIS_COMB 83641/83640"]
     assert over_capacity({"TRELLIS_COMB": {"used": 83640, "available": 83640}}) == []
+
+
+def test_pnr_router_option_reaches_nextpnr():
+    """``report --pnr-router router2``: the nextpnr command of both scripts names the router;
+    without it nextpnr's default stays; anything else is refused."""
+    from accumulus.boards.boards import load_board
+    from accumulus.boards.pnr import harness_build_plan, split_build_script
+
+    params = {"in_elems": 4, "in_width": 8, "frame_elems": 16, "out_bits": 8, "in_bits": 32, "out_beats_per_frame": 1}
+    files = {"accumulus_top.v": "module accumulus_top(); endmodule\n"}
+    board = load_board("ulx3s-85f")
+
+    def nextpnr_lines(plan):
+        pack, rest = split_build_script(plan.files[f"{plan.script}.sh"])
+        return [l for l in (pack + rest).splitlines() if l.startswith('"$NEXTPNR_')]
+
+    lines = nextpnr_lines(harness_build_plan(board, files, params, router="router2"))
+    assert len(lines) == 2 and all("--router router2" in l for l in lines)
+    assert not any("--router" in l for l in nextpnr_lines(harness_build_plan(board, files, params)))
+    with pytest.raises(Exception, match="router1 or router2"):
+        harness_build_plan(board, files, params, router="router3")

@@ -25,6 +25,9 @@ def add_arguments(p):
     p.add_argument("--pnr-clock-mhz", type=float, default=None, metavar="F",
                    help="place and route against an F MHz clock constraint instead of the board oscillator's, "
                         "to measure how fast the design can go (the bitstream then needs that clock: a PLL)")
+    p.add_argument("--pnr-router", choices=["router1", "router2"], default=None,
+                   help="nextpnr's router (default: nextpnr's own, router1); router2 is nextpnr's newer router "
+                        "for large designs (benchmarks/const_fmax.py uses it)")
     p.add_argument("--variants", default=None,
                    help="synthesis variants, comma-separated: lut (multipliers in LUTs), dsp (hard multipliers); "
                         "default: lut on iCE40, lut,dsp elsewhere")
@@ -74,7 +77,8 @@ def run(args) -> int:
         raise UserError(f"--variants {args.variants}: each variant is 'lut' or 'dsp'")
     doc = run_report(project, board, policies, estimate_only=args.estimate_only, pnr=not args.no_pnr,
                      variants=variants, workers=args.jobs, out=Path(args.out) if args.out else None, plan_note=note,
-                     layer_jobs=args.layer_jobs, pnr_clock_mhz=args.pnr_clock_mhz)
+                     layer_jobs=args.layer_jobs, pnr_clock_mhz=args.pnr_clock_mhz,
+                     pnr_router=args.pnr_router)
     rep = Path(args.out or project) / "reports"
     for pol in doc["policies"]:
         p = doc["policy"][pol]
