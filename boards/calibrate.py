@@ -391,15 +391,23 @@ def calibrate_const(family: str, out_dir: Path, configs=CONST_CONFIGS, *, worker
     return doc
 
 
-def refit_const(calibration_json: Path, write: bool = True) -> dict:
-    """Fit the constant-weight coefficients again from a stored calibration (no synthesis)."""
+def _refit_stored(calibration_json: Path, fitter, engine: str, write: bool, extra=None) -> dict:
+    """Fit an engine's coefficients again from its stored calibration (no synthesis):
+    ``fitter(entries, family)`` refills each entry's estimate; ``extra(entries)`` adds fields."""
     doc = json.loads(Path(calibration_json).read_text())
-    doc["coefficients"] = fit_const_entries(doc["configs"], doc["family"])
+    doc["coefficients"] = fitter(doc["configs"], doc["family"])
     doc.update(_max_errors(doc["configs"]))
+    if extra is not None:
+        doc.update(extra(doc["configs"]))
     Path(calibration_json).write_text(json.dumps(doc, indent=1) + "\n")
     if write:
-        store(doc["family"], doc["coefficients"], doc, engine="const")
+        store(doc["family"], doc["coefficients"], doc, engine=engine)
     return doc
+
+
+def refit_const(calibration_json: Path, write: bool = True) -> dict:
+    """Fit the constant-weight coefficients again from a stored calibration (no synthesis)."""
+    return _refit_stored(calibration_json, fit_const_entries, "const", write)
 
 
 @dataclass(frozen=True)
@@ -516,7 +524,7 @@ def calibrate_swg(family: str, out_dir: Path, configs=SWG_CONFIGS, *, workers: i
     coeff = fit_swg_entries(entries, family)
     doc = {"family": family, "engine": "swg", "yosys": yosys_version(), "configs": entries, "failed": failed,
            "coefficients": coeff,
-           **_max_errors(entries), "mode_misses": sum(e["in_logic"] != e["in_logic_predicted"] for e in entries),
+           **_max_errors(entries), **_mode_misses(entries),
            "seconds": round(time.monotonic() - t0, 1)}
     (out_dir / f"calibration-{family}-swg.json").write_text(json.dumps(doc, indent=1) + "\n")
     if write:
@@ -524,16 +532,13 @@ def calibrate_swg(family: str, out_dir: Path, configs=SWG_CONFIGS, *, workers: i
     return doc
 
 
+def _mode_misses(entries: list[dict]) -> dict:
+    return {"mode_misses": sum(e["in_logic"] != e["in_logic_predicted"] for e in entries)}
+
+
 def refit_swg(calibration_json: Path, write: bool = True) -> dict:
     """Fit the window generator's coefficients again from a stored calibration."""
-    doc = json.loads(Path(calibration_json).read_text())
-    doc["coefficients"] = fit_swg_entries(doc["configs"], doc["family"])
-    doc.update(_max_errors(doc["configs"]))
-    doc["mode_misses"] = sum(e["in_logic"] != e["in_logic_predicted"] for e in doc["configs"])
-    Path(calibration_json).write_text(json.dumps(doc, indent=1) + "\n")
-    if write:
-        store(doc["family"], doc["coefficients"], doc, engine="swg")
-    return doc
+    return _refit_stored(calibration_json, fit_swg_entries, "swg", write, _mode_misses)
 
 
 def store(family: str, coeff: dict, doc: dict, path: Path | None = None, engine: str = "rom") -> Path:

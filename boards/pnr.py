@@ -232,8 +232,8 @@ def place_and_route(board: Board, rtl_dir: Path, out_dir: Path, params: dict, *,
     result["ok"] = proc.returncode == 0 and not over
     if over:
         result["utilization"] = result["packed_utilization"]
-        (out_dir / "pnr.json").write_text(json.dumps({**result, "error": _over_message(over)}, indent=1) + "\n")
         result["error"] = _over_message(over)
+        (out_dir / "pnr.json").write_text(json.dumps(result, indent=1) + "\n")
         return result
     rep = build_dir / "nextpnr_report.json"
     if rep.exists():
